@@ -1,0 +1,25 @@
+// attend: CPU attention kernels, header-only. Include this for everything but the Eigen
+// adapter (attend/eigen.hpp), or include the one header you need.
+//
+//   view.hpp       MatrixView, TensorView, Span: non-owning views of your buffers
+//   options.hpp    ScoreOptions, AttentionOptions: masks, bias, ALiBi, softcap, sinks
+//   linear.hpp     linear, project_heads, project_qkv, project_output
+//   scores.hpp     scores: S = scale * Q K^T
+//   softmax.hpp    softmax: plain and masked, in place or not, with log-sum-exp
+//   merge.hpp      merge_values: O = P V
+//   attention.hpp  attention: all of the above for every batch and head in one call
+//   mha.hpp        multihead_attention: projections, attention and output projection
+#pragma once
+
+#define ATTEND_VERSION_MAJOR 0
+#define ATTEND_VERSION_MINOR 1
+#define ATTEND_VERSION_PATCH 0
+
+#include "attend/attention.hpp"
+#include "attend/linear.hpp"
+#include "attend/merge.hpp"
+#include "attend/mha.hpp"
+#include "attend/options.hpp"
+#include "attend/scores.hpp"
+#include "attend/softmax.hpp"
+#include "attend/view.hpp"

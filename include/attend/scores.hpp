@@ -1,0 +1,60 @@
+// Attention scores S = scale * Q K^T: how well each query matches each key.
+//
+// Entry (i, j) is the dot product of query row i with key row j, scaled (by default) by
+// 1/sqrt(Dk) so that the logits of random unit-variance vectors keep unit variance
+// whatever the head width (Vaswani et al. 2017, section 3.2.1).
+#pragma once
+
+#include <cmath>
+#include <string>
+
+#include "attend/detail/check.hpp"
+#include "attend/detail/portable/gemm.hpp"
+#include "attend/detail/score_rule.hpp"
+#include "attend/view.hpp"
+
+namespace attend {
+
+// The conventional scale for head width dk: 1 / sqrt(dk).
+inline double default_scale(index_t dk) { return dk > 0 ? 1.0 / std::sqrt(double(dk)) : 1.0; }
+
+namespace detail {
+inline void check_scale(const Checker& c, double scale) {
+  c.require(std::isfinite(scale), "scale", "expected a finite value, got " + std::to_string(scale));
+}
+}  // namespace detail
+
+// One head: s [Sq, Sk] = scale * q [Sq, D] . k [Sk, D]^T.
+template <class T>
+void scores(MatrixIn<T> q, MatrixIn<T> k, double scale, MatrixView<T> s) {
+  const detail::Checker c("scores");
+  detail::check_scale(c, scale);
+  c.matrix("q", q, detail::any, detail::any);
+  c.matrix("k", k, detail::any, q.cols);
+  c.matrix("s", s, q.rows, k.rows);
+  c.disjoint("s", s, "q", q);
+  c.disjoint("s", s, "k", k);
+  detail::portable::gemm<T>(q, k, true, detail::acc_t<T>(scale), nullptr, false, s);
+}
+
+// All heads: s [B, Hq, Sq, Sk] from q [B, Hq, Sq, D] and k [B, Hkv, Sk, D]; query head h
+// reads key head h / (Hq / Hkv).
+template <class T>
+void scores(TensorIn<T> q, TensorIn<T> k, double scale, TensorView<T> s) {
+  const detail::Checker c("scores");
+  detail::check_scale(c, scale);
+  c.tensor("q", q, {detail::any, detail::any, detail::any, detail::any});
+  c.tensor("k", k, {q.batch, detail::any, detail::any, q.dim});
+  detail::check_head_groups(c, q.heads, k.heads, "k");
+  c.tensor("s", s, {q.batch, q.heads, q.seq, k.seq});
+  c.distinct_elements("s", s);
+  c.disjoint("s", s, "q", q);
+  c.disjoint("s", s, "k", k);
+  const index_t group = k.heads ? q.heads / k.heads : 1;
+  for (index_t b = 0; b < q.batch; ++b)
+    for (index_t h = 0; h < q.heads; ++h)
+      detail::portable::gemm<T>(q.head(b, h), k.head(b, h / group), true,
+                                detail::acc_t<T>(scale), nullptr, false, s.head(b, h));
+}
+
+}  // namespace attend
