@@ -78,8 +78,8 @@ void unfused_attention(TensorView<const T> q, TensorView<const T> k, TensorView<
       portable::gemm<T>(q.head(b, h), kh, true, scale, nullptr, false, p);
       const ScoreRule<Acc> rule(opts, b, h, q.seq, k.seq);
       for (index_t i = 0; i < q.seq; ++i) {
-        const Acc row_lse = portable::softmax_row<T>(rule, i, p.row(i), keys, p.row(i),
-                                                     scratch.data());
+        const Acc row_lse =
+            portable::softmax_row<T>(rule, i, p.row(i), keys, p.row(i), scratch.data());
         if (!lse.empty()) *lse.row(b, h, i) = static_cast<T>(row_lse);
       }
       portable::gemm<T>(p, vh, false, Acc(1), nullptr, false, o.head(b, h));

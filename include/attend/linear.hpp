@@ -50,8 +50,8 @@ struct QkvWeights {
     auto bias = [&](index_t first, index_t n) {
       return b.empty() ? Span<const T>{} : Span<const T>{b.data + first, n};
     };
-    return {part(0, q_rows),     part(q_rows, kv_rows),     part(q_rows + kv_rows, kv_rows),
-            bias(0, q_rows),     bias(q_rows, kv_rows),     bias(q_rows + kv_rows, kv_rows)};
+    return {part(0, q_rows), part(q_rows, kv_rows), part(q_rows + kv_rows, kv_rows),
+            bias(0, q_rows), bias(q_rows, kv_rows), bias(q_rows + kv_rows, kv_rows)};
   }
 };
 
@@ -165,8 +165,8 @@ void project_output(TensorIn<T> o, MatrixIn<T> w, SpanIn<T> bias, MatrixView<T> 
     const MatrixView<T> yb = y.block(b * s, s, 0, y.cols);
     for (index_t h = 0; h < o.heads; ++h)
       detail::portable::gemm<T>(o.head(b, h), w.block(0, y.cols, h * d, d), true,
-                                detail::acc_t<T>(1),
-                                h == 0 && !bias.empty() ? bias.data : nullptr, h > 0, yb);
+                                detail::acc_t<T>(1), h == 0 && !bias.empty() ? bias.data : nullptr,
+                                h > 0, yb);
   }
 }
 

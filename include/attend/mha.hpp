@@ -45,9 +45,9 @@ void multihead_attention(MatrixIn<T> query, MatrixIn<T> key, MatrixIn<T> value, 
   detail::check_head_groups(c, hq, hkv, "num_kv_heads");
   c.matrix("query", query, detail::any, detail::any);
   const index_t e = query.cols;
-  c.require(e % hq == 0, "query.cols",
-            "expected a multiple of num_heads = " + std::to_string(hq) + ", got " +
-                std::to_string(e));
+  c.require(
+      e % hq == 0, "query.cols",
+      "expected a multiple of num_heads = " + std::to_string(hq) + ", got " + std::to_string(e));
   const index_t d = e / hq;
   c.require(query.rows % batch == 0, "query.rows", "expected a multiple of batch");
   c.matrix("key", key, detail::any, e);
@@ -59,7 +59,9 @@ void multihead_attention(MatrixIn<T> query, MatrixIn<T> key, MatrixIn<T> value, 
     c.expect(w.in_proj_bias.size, (hq + 2 * hkv) * d, "in_proj_bias.size", "(Hq + 2*Hkv) * D");
   c.matrix("out_proj_weight", w.out_proj_weight, e, hq * d);
   if (!w.out_proj_bias.empty()) c.expect(w.out_proj_bias.size, e, "out_proj_bias.size", "E");
-  for (const auto& [name, m] : {std::pair{"query", query}, {"key", key}, {"value", value},
+  for (const auto& [name, m] : {std::pair{"query", query},
+                                {"key", key},
+                                {"value", value},
                                 {"in_proj_weight", w.in_proj_weight},
                                 {"out_proj_weight", w.out_proj_weight}})
     c.disjoint("y", y, name, m);

@@ -16,7 +16,9 @@
 namespace attend {
 
 // The conventional scale for head width dk: 1 / sqrt(dk).
-inline double default_scale(index_t dk) { return dk > 0 ? 1.0 / std::sqrt(double(dk)) : 1.0; }
+inline double default_scale(index_t dk) {
+  return dk > 0 ? 1.0 / std::sqrt(double(dk)) : 1.0;
+}
 
 namespace detail {
 inline void check_scale(const Checker& c, double scale) {
@@ -53,8 +55,8 @@ void scores(TensorIn<T> q, TensorIn<T> k, double scale, TensorView<T> s) {
   const index_t group = k.heads ? q.heads / k.heads : 1;
   for (index_t b = 0; b < q.batch; ++b)
     for (index_t h = 0; h < q.heads; ++h)
-      detail::portable::gemm<T>(q.head(b, h), k.head(b, h / group), true,
-                                detail::acc_t<T>(scale), nullptr, false, s.head(b, h));
+      detail::portable::gemm<T>(q.head(b, h), k.head(b, h / group), true, detail::acc_t<T>(scale),
+                                nullptr, false, s.head(b, h));
 }
 
 }  // namespace attend

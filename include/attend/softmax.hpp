@@ -28,8 +28,8 @@ bool same_view(const TensorView<const T>& a, const TensorView<T>& b) {
 }
 
 template <class T>
-void masked_softmax(const Checker& c, TensorView<const T> s, TensorView<T> p,
-                    const ScoreOptions& o, TensorView<T> lse) {
+void masked_softmax(const Checker& c, TensorView<const T> s, TensorView<T> p, const ScoreOptions& o,
+                    TensorView<T> lse) {
   c.tensor("scores", s, {any, any, any, any});
   c.tensor("probs", p, {s.batch, s.heads, s.seq, s.dim});
   c.distinct_elements("probs", p);
@@ -48,8 +48,8 @@ void masked_softmax(const Checker& c, TensorView<const T> s, TensorView<T> p,
     for (index_t h = 0; h < s.heads; ++h) {
       const ScoreRule<acc_t<T>> rule(o, b, h, s.seq, s.dim);
       for (index_t i = 0; i < s.seq; ++i) {
-        const auto row_lse =
-            portable::softmax_row<T>(rule, i, s.row(b, h, i), s.dim, p.row(b, h, i), scratch.data());
+        const auto row_lse = portable::softmax_row<T>(rule, i, s.row(b, h, i), s.dim,
+                                                      p.row(b, h, i), scratch.data());
         if (!lse.empty()) *lse.row(b, h, i) = static_cast<T>(row_lse);
       }
     }
