@@ -15,9 +15,11 @@
 // with an [Sq, Sk] score buffer per head.
 //
 // Aliasing: o and lse may not overlap q, k, v, each other or any array of the options.
-// NaN in q, k, v or the bias propagates to every output row whose visible keys it touches.
+// NaN in q, k, v or the bias propagates to exactly the output rows that see it: keys a row
+// cannot see never reach it, whatever their K and V rows hold.
 #pragma once
 
+#include <algorithm>
 #include <vector>
 
 #include "attend/detail/check.hpp"
@@ -59,6 +61,27 @@ void check_attention(const Checker& c, TensorView<const T> q, TensorView<const T
   }
 }
 
+// o_i = sum of p_ij v_j over the keys j row i can see. Hidden keys are skipped rather than
+// multiplied by their zero weight, so whatever their V rows hold (NaN, inf) stays out.
+template <class T>
+void merge_visible(const ScoreRule<acc_t<T>>& rule, MatrixView<const T> p, MatrixView<const T> v,
+                   MatrixView<T> o) {
+  using Acc = acc_t<T>;
+  std::vector<Acc> row(static_cast<std::size_t>(v.cols));
+  for (index_t i = 0; i < p.rows; ++i) {
+    std::fill(row.begin(), row.end(), Acc(0));
+    const KeyRange keys = rule.keys(i);
+    for (index_t j = keys.begin; j < std::min(keys.end, p.cols); ++j) {
+      if (rule.hidden(i, j)) continue;
+      const Acc pij = Acc(p(i, j));
+      const T* vj = v.row(j);
+      for (index_t d = 0; d < v.cols; ++d) row[d] += pij * Acc(vj[d]);
+    }
+    T* oi = o.row(i);
+    for (index_t d = 0; d < v.cols; ++d) oi[d] = static_cast<T>(row[d]);
+  }
+}
+
 // The unfused path: per (batch, head), scores over the keys that exist, the masked row
 // softmax in place, and the merge with V. Keys past key_lengths[b] are never read.
 template <class T>
@@ -82,7 +105,7 @@ void unfused_attention(TensorView<const T> q, TensorView<const T> k, TensorView<
             portable::softmax_row<T>(rule, i, p.row(i), keys, p.row(i), scratch.data());
         if (!lse.empty()) *lse.row(b, h, i) = static_cast<T>(row_lse);
       }
-      portable::gemm<T>(p, vh, false, Acc(1), nullptr, false, o.head(b, h));
+      merge_visible<T>(rule, p, vh, o.head(b, h));
     }
   }
 }

@@ -30,14 +30,17 @@ using Ref = Eigen::Ref<RowMatrix<T>, 0, Eigen::OuterStride<>>;
 template <class T>
 using ConstVectorRef = Eigen::Ref<const Eigen::Matrix<T, Eigen::Dynamic, 1>>;
 
-// Views of Eigen storage; they live as long as the matrix they view.
-template <class T>
-MatrixView<const T> view(const ConstRef<T>& m) {
-  return {m.data(), m.rows(), m.cols(), m.outerStride()};
-}
-template <class T>
-MatrixView<T> view(Ref<T> m) {
-  return {m.data(), m.rows(), m.cols(), m.outerStride()};
+// A view of row-major Eigen storage (a RowMatrix, a Map of one, a block of either, a Ref);
+// const storage gives a read-only view. The view lives as long as the storage it views.
+template <class M>
+auto view(M&& m) {
+  using Xpr = std::decay_t<M>;
+  static_assert(Xpr::IsRowMajor, "attend views row-major Eigen storage: use RowMatrix<T>");
+  static_assert(bool(Xpr::Flags & Eigen::DirectAccessBit),
+                "attend views Eigen storage, not expressions");
+  using Element = std::remove_pointer_t<decltype(m.data())>;
+  return MatrixView<Element>{m.data(), index_t(m.rows()), index_t(m.cols()),
+                             index_t(m.outerStride())};
 }
 
 // The calls below take any Eigen expressions of one scalar type T (float or double); a
@@ -51,8 +54,7 @@ void linear(const Eigen::MatrixBase<X>& x, const Eigen::MatrixBase<W>& w,
   using T = typename X::Scalar;
   const ConstRef<T> xr(x), wr(w);
   const ConstVectorRef<T> br(bias);
-  attend::linear<T>(view<T>(xr), view<T>(wr), {br.data(), br.size()},
-                    view<T>(Ref<T>(std::forward<Y>(y))));
+  attend::linear<T>(view(xr), view(wr), {br.data(), br.size()}, view(Ref<T>(std::forward<Y>(y))));
 }
 
 // Row softmax of x into y (y may be x itself).
@@ -60,7 +62,7 @@ template <class X, class Y>
 void softmax(const Eigen::MatrixBase<X>& x, Y&& y) {
   using T = typename X::Scalar;
   const ConstRef<T> xr(x);
-  attend::softmax<T>(view<T>(xr), view<T>(Ref<T>(std::forward<Y>(y))));
+  attend::softmax<T>(view(xr), view(Ref<T>(std::forward<Y>(y))));
 }
 
 // Single-head attention: o [Sq, Dv] from q [Sq, Dk], k [Sk, Dk] and v [Sk, Dv], with every
@@ -74,8 +76,8 @@ void attention(const Eigen::MatrixBase<Q>& q, const Eigen::MatrixBase<K>& k,
     using E = std::remove_pointer_t<decltype(m.data)>;
     return TensorView<E>{m.data, 1, 1, m.rows, m.cols, 0, 0, m.stride};
   };
-  attend::attention<T>(as_tensor(view<T>(qr)), as_tensor(view<T>(kr)), as_tensor(view<T>(vr)),
-                       as_tensor(view<T>(Ref<T>(std::forward<O>(o)))), opts);
+  attend::attention<T>(as_tensor(view(qr)), as_tensor(view(kr)), as_tensor(view(vr)),
+                       as_tensor(view(Ref<T>(std::forward<O>(o)))), opts);
 }
 
 }  // namespace attend::eigen

@@ -78,6 +78,8 @@ void softmax(MatrixIn<T> x, MatrixView<T> y) {
   const detail::Checker c("softmax");
   c.matrix("x", x, detail::any, detail::any);
   c.matrix("y", y, x.rows, x.cols);
+  const bool in_place = x.data == y.data && x.stride == y.stride;
+  if (!in_place) c.disjoint("y", y, "x", x);
   const TensorView<const T> xs{x.data, 1, 1, x.rows, x.cols, 0, 0, x.stride};
   const TensorView<T> ys{y.data, 1, 1, y.rows, y.cols, 0, 0, y.stride};
   detail::masked_softmax<T>(c, xs, ys, {}, {});

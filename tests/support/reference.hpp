@@ -210,8 +210,8 @@ inline Attention attention(const Tensor& q, const Tensor& k, const Tensor& v,
     for (index_t h = 0; h < Hq; ++h)
       for (index_t i = 0; i < Sq; ++i)
         for (index_t j = 0; j < Sk; ++j) {
+          if (!visible(o, b, h, i, j, Sq, Sk)) continue;  // hidden keys take no part at all
           const real p = r.rows.p(b, h, i, j);
-          if (p == 0) continue;  // masked keys take no part (their V rows may be garbage)
           for (index_t d = 0; d < Dv; ++d) {
             r.o(b, h, i, d) += p * v(b, h / group, j, d);
             r.o_abs(b, h, i, d) += std::fabs(p * v(b, h / group, j, d));

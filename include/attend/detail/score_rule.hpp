@@ -113,10 +113,13 @@ class ScoreRule {
     return {begin, std::max(begin, end)};
   }
 
+  // Does the boolean mask hide key j (in keys(i)) from row i?
+  bool hidden(index_t i, index_t j) const { return !o_.mask.empty() && !at(o_.mask, i, j); }
+
   // The logit of key j in keys(i) from its scaled score s; -inf where the boolean mask
   // hides it (then s is not looked at, so a NaN there does not leak).
   Acc logit(index_t i, index_t j, Acc s) const {
-    if (!o_.mask.empty() && !at(o_.mask, i, j)) return -std::numeric_limits<Acc>::infinity();
+    if (hidden(i, j)) return -std::numeric_limits<Acc>::infinity();
     if (softcap_ > 0) s = softcap_ * std::tanh(s / softcap_);
     if (slope_ != 0) s -= slope_ * static_cast<Acc>(std::abs(i + diagonal_ - j));
     if (!o_.bias.empty()) s += static_cast<Acc>(at(o_.bias, i, j));
