@@ -9,6 +9,8 @@
 //   merge.hpp      merge_values: O = P V
 //   attention.hpp  attention: all of the above for every batch and head in one call
 //   mha.hpp        multihead_attention: projections, attention and output projection
+//   isa.hpp        the instruction-set paths and their choice at run time
+//   context.hpp    Context (path, executor), ThreadPool and the Executor interface
 #pragma once
 
 #define ATTEND_VERSION_MAJOR 0
@@ -16,6 +18,8 @@
 #define ATTEND_VERSION_PATCH 0
 
 #include "attend/attention.hpp"
+#include "attend/context.hpp"
+#include "attend/isa.hpp"
 #include "attend/linear.hpp"
 #include "attend/merge.hpp"
 #include "attend/mha.hpp"

@@ -7,6 +7,8 @@
 // temporary for the duration of the call; outputs must be row-major.
 #pragma once
 
+#include "attend/detail/config.hpp"
+
 #include <Eigen/Core>
 #include <type_traits>
 #include <utility>
@@ -16,7 +18,8 @@
 #include "attend/softmax.hpp"
 #include "attend/view.hpp"
 
-namespace attend::eigen {
+ATTEND_NAMESPACE_BEGIN
+namespace eigen {
 
 template <class T>
 using RowMatrix = Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
@@ -80,4 +83,5 @@ void attention(const Eigen::MatrixBase<Q>& q, const Eigen::MatrixBase<K>& k,
                        as_tensor(view(Ref<T>(std::forward<O>(o)))), opts);
 }
 
-}  // namespace attend::eigen
+}  // namespace eigen
+ATTEND_NAMESPACE_END

@@ -14,14 +14,17 @@
 // BSHD (see TensorView): a projection writes straight into either.
 #pragma once
 
+#include "attend/detail/config.hpp"
+
 #include <array>
 #include <string>
 
+#include "attend/context.hpp"
 #include "attend/detail/check.hpp"
-#include "attend/detail/portable/gemm.hpp"
+#include "attend/detail/dispatch.hpp"
 #include "attend/view.hpp"
 
-namespace attend {
+ATTEND_NAMESPACE_BEGIN
 
 enum class WeightLayout : std::uint8_t {
   out_in,  // W [out, in]: PyTorch's nn.Linear.weight; y = x . W^T
@@ -90,15 +93,18 @@ void check_project_heads(const Checker& c, MatrixView<const T> x, MatrixView<con
   c.disjoint(out_name, out, b_name, bias);
 }
 
+// Each (batch, head) pair is one task: a [S, E] x [E, D] product.
 template <class T>
 void run_project_heads(MatrixView<const T> x, MatrixView<const T> w, Span<const T> bias,
-                       TensorView<T> out) {
+                       TensorView<T> out, const Context& ctx) {
   const index_t d = out.dim, s = out.seq;
-  for (index_t b = 0; b < out.batch; ++b)
-    for (index_t h = 0; h < out.heads; ++h)
-      portable::gemm<T>(x.block(b * s, s, 0, x.cols), w.block(h * d, d, 0, w.cols), true,
-                        acc_t<T>(1), bias.empty() ? nullptr : bias.data + h * d, false,
-                        out.head(b, h));
+  if (out.heads == 0) return;
+  const Isa isa = resolve(ctx.isa);
+  executor_of(ctx).parallel_for(out.batch * out.heads, [&](index_t task) {
+    const index_t b = task / out.heads, h = task % out.heads;
+    gemm<T>(isa, SerialExecutor(), x.block(b * s, s, 0, x.cols), w.block(h * d, d, 0, w.cols), true,
+            acc_t<T>(1), bias.empty() ? nullptr : bias.data + h * d, false, out.head(b, h));
+  });
 }
 
 }  // namespace detail
@@ -107,20 +113,21 @@ void run_project_heads(MatrixView<const T> x, MatrixView<const T> w, Span<const 
 // x [M, K], y [M, N], bias [N] or empty. y may not overlap x, W or bias.
 template <class T>
 void linear(MatrixIn<T> x, MatrixIn<T> w, SpanIn<T> bias, MatrixView<T> y,
-            WeightLayout layout = WeightLayout::out_in) {
+            WeightLayout layout = WeightLayout::out_in, const Context& ctx = {}) {
   detail::check_linear(detail::Checker("linear"), x, w, bias, y, layout);
-  detail::portable::gemm<T>(x, w, layout == WeightLayout::out_in, detail::acc_t<T>(1),
-                            bias.empty() ? nullptr : bias.data, false, y);
+  detail::gemm<T>(resolve(ctx.isa), detail::executor_of(ctx), x, w, layout == WeightLayout::out_in,
+                  detail::acc_t<T>(1), bias.empty() ? nullptr : bias.data, false, y);
 }
 
 // Projects token rows into heads: out [B, H, S, D] from x [B*S, E], w [H*D, E] and bias
 // [H*D] or empty. The building block of project_qkv, and of cross-attention, where K and
 // V come from other tokens than Q.
 template <class T>
-void project_heads(MatrixIn<T> x, MatrixIn<T> w, SpanIn<T> bias, TensorView<T> out) {
+void project_heads(MatrixIn<T> x, MatrixIn<T> w, SpanIn<T> bias, TensorView<T> out,
+                   const Context& ctx = {}) {
   detail::check_project_heads(detail::Checker("project_heads"), x, w, bias, out, "w", "bias",
                               "out");
-  detail::run_project_heads(x, w, bias, out);
+  detail::run_project_heads(x, w, bias, out, ctx);
 }
 
 // Q, K and V from the same tokens x [B*S, E]: q [B, Hq, S, Dk], k [B, Hkv, S, Dk],
@@ -128,7 +135,7 @@ void project_heads(MatrixIn<T> x, MatrixIn<T> w, SpanIn<T> bias, TensorView<T> o
 // [B, S, Hq + 2*Hkv, D] buffer) but must not overlap each other or the inputs.
 template <class T>
 void project_qkv(MatrixIn<T> x, const QkvWeights<T>& w, TensorView<T> q, TensorView<T> k,
-                 TensorView<T> v) {
+                 TensorView<T> v, const Context& ctx = {}) {
   const detail::Checker c("project_qkv");
   detail::check_project_heads(c, x, w.wq, w.bq, q, "wq", "bq", "q");
   detail::check_project_heads(c, x, w.wk, w.bk, k, "wk", "bk", "k");
@@ -140,15 +147,16 @@ void project_qkv(MatrixIn<T> x, const QkvWeights<T>& w, TensorView<T> q, TensorV
     c.disjoint(name, out, "wk", w.wk), c.disjoint(name, out, "bk", w.bk);
     c.disjoint(name, out, "wv", w.wv), c.disjoint(name, out, "bv", w.bv);
   }
-  detail::run_project_heads(x, w.wq, w.bq, q);
-  detail::run_project_heads(x, w.wk, w.bk, k);
-  detail::run_project_heads(x, w.wv, w.bv, v);
+  detail::run_project_heads(x, w.wq, w.bq, q, ctx);
+  detail::run_project_heads(x, w.wk, w.bk, k, ctx);
+  detail::run_project_heads(x, w.wv, w.bv, v, ctx);
 }
 
 // The output projection: y [B*S, E] = concat over heads of o [B, H, S, Dv], times
 // w [E, H*Dv] transposed, plus bias [E] or empty.
 template <class T>
-void project_output(TensorIn<T> o, MatrixIn<T> w, SpanIn<T> bias, MatrixView<T> y) {
+void project_output(TensorIn<T> o, MatrixIn<T> w, SpanIn<T> bias, MatrixView<T> y,
+                    const Context& ctx = {}) {
   const detail::Checker c("project_output");
   c.tensor("o", o, {detail::any, detail::any, detail::any, detail::any});
   c.require(o.heads > 0, "o", "expected at least one head");
@@ -160,14 +168,15 @@ void project_output(TensorIn<T> o, MatrixIn<T> w, SpanIn<T> bias, MatrixView<T> 
   c.disjoint("y", y, "w", w);
   c.disjoint("y", y, "bias", bias);
   // Summing head by head: the concatenation is never formed.
+  const Isa isa = resolve(ctx.isa);
   const index_t s = o.seq, d = o.dim;
   for (index_t b = 0; b < o.batch; ++b) {
     const MatrixView<T> yb = y.block(b * s, s, 0, y.cols);
     for (index_t h = 0; h < o.heads; ++h)
-      detail::portable::gemm<T>(o.head(b, h), w.block(0, y.cols, h * d, d), true,
-                                detail::acc_t<T>(1), h == 0 && !bias.empty() ? bias.data : nullptr,
-                                h > 0, yb);
+      detail::gemm<T>(isa, detail::executor_of(ctx), o.head(b, h), w.block(0, y.cols, h * d, d),
+                      true, detail::acc_t<T>(1), h == 0 && !bias.empty() ? bias.data : nullptr,
+                      h > 0, yb);
   }
 }
 
-}  // namespace attend
+ATTEND_NAMESPACE_END

@@ -1,29 +1,33 @@
 // The V merge O = P V: each output row is the probability-weighted mix of value rows.
 #pragma once
 
+#include "attend/detail/config.hpp"
+
+#include "attend/context.hpp"
 #include "attend/detail/check.hpp"
-#include "attend/detail/portable/gemm.hpp"
+#include "attend/detail/dispatch.hpp"
 #include "attend/detail/score_rule.hpp"
 #include "attend/view.hpp"
 
-namespace attend {
+ATTEND_NAMESPACE_BEGIN
 
 // One head: o [Sq, Dv] = p [Sq, Sk] . v [Sk, Dv].
 template <class T>
-void merge_values(MatrixIn<T> p, MatrixIn<T> v, MatrixView<T> o) {
+void merge_values(MatrixIn<T> p, MatrixIn<T> v, MatrixView<T> o, const Context& ctx = {}) {
   const detail::Checker c("merge_values");
   c.matrix("p", p, detail::any, detail::any);
   c.matrix("v", v, p.cols, detail::any);
   c.matrix("o", o, p.rows, v.cols);
   c.disjoint("o", o, "p", p);
   c.disjoint("o", o, "v", v);
-  detail::portable::gemm<T>(p, v, false, detail::acc_t<T>(1), nullptr, false, o);
+  detail::gemm<T>(resolve(ctx.isa), detail::executor_of(ctx), p, v, false, detail::acc_t<T>(1),
+                  nullptr, false, o);
 }
 
 // All heads: o [B, Hq, Sq, Dv] from p [B, Hq, Sq, Sk] and v [B, Hkv, Sk, Dv]; query head h
 // reads value head h / (Hq / Hkv).
 template <class T>
-void merge_values(TensorIn<T> p, TensorIn<T> v, TensorView<T> o) {
+void merge_values(TensorIn<T> p, TensorIn<T> v, TensorView<T> o, const Context& ctx = {}) {
   const detail::Checker c("merge_values");
   c.tensor("p", p, {detail::any, detail::any, detail::any, detail::any});
   c.tensor("v", v, {p.batch, detail::any, p.dim, detail::any});
@@ -32,11 +36,14 @@ void merge_values(TensorIn<T> p, TensorIn<T> v, TensorView<T> o) {
   c.distinct_elements("o", o);
   c.disjoint("o", o, "p", p);
   c.disjoint("o", o, "v", v);
-  const index_t group = v.heads ? p.heads / v.heads : 1;
-  for (index_t b = 0; b < p.batch; ++b)
-    for (index_t h = 0; h < p.heads; ++h)
-      detail::portable::gemm<T>(p.head(b, h), v.head(b, h / group), false, detail::acc_t<T>(1),
-                                nullptr, false, o.head(b, h));
+  if (p.heads == 0) return;
+  const index_t group = p.heads / v.heads;
+  const Isa isa = resolve(ctx.isa);
+  detail::executor_of(ctx).parallel_for(p.batch * p.heads, [&](index_t task) {
+    const index_t b = task / p.heads, h = task % p.heads;
+    detail::gemm<T>(isa, SerialExecutor(), p.head(b, h), v.head(b, h / group), false,
+                    detail::acc_t<T>(1), nullptr, false, o.head(b, h));
+  });
 }
 
-}  // namespace attend
+ATTEND_NAMESPACE_END

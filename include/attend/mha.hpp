@@ -14,6 +14,8 @@
 // batch, key and value Sk. y [batch * Sq, E] may not overlap any input.
 #pragma once
 
+#include "attend/detail/config.hpp"
+
 #include <vector>
 
 #include "attend/attention.hpp"
@@ -22,7 +24,7 @@
 #include "attend/options.hpp"
 #include "attend/view.hpp"
 
-namespace attend {
+ATTEND_NAMESPACE_BEGIN
 
 template <class T>
 struct MhaWeights {
@@ -36,8 +38,8 @@ struct MhaWeights {
 
 template <class T>
 void multihead_attention(MatrixIn<T> query, MatrixIn<T> key, MatrixIn<T> value, index_t batch,
-                         const MhaWeights<T>& w, MatrixView<T> y,
-                         const AttentionOptions& opts = {}) {
+                         const MhaWeights<T>& w, MatrixView<T> y, const AttentionOptions& opts = {},
+                         const Context& ctx = {}) {
   const detail::Checker c("multihead_attention");
   c.require(batch > 0, "batch", "expected at least 1, got " + std::to_string(batch));
   c.require(w.num_heads > 0, "num_heads", "expected at least 1");
@@ -79,11 +81,11 @@ void multihead_attention(MatrixIn<T> query, MatrixIn<T> key, MatrixIn<T> value, 
   // The remaining checks (options against the shapes) run before anything is written to y.
   detail::check_attention<T>(c, q, k, v, o, opts, {});
 
-  project_heads<T>(query, qkv.wq, qkv.bq, q);
-  project_heads<T>(key, qkv.wk, qkv.bk, k);
-  project_heads<T>(value, qkv.wv, qkv.bv, v);
-  detail::unfused_attention<T>(q, k, v, o, opts, {});
-  project_output<T>(o, w.out_proj_weight, w.out_proj_bias, y);
+  project_heads<T>(query, qkv.wq, qkv.bq, q, ctx);
+  project_heads<T>(key, qkv.wk, qkv.bk, k, ctx);
+  project_heads<T>(value, qkv.wv, qkv.bv, v, ctx);
+  detail::attention<T>(resolve(ctx.isa), detail::executor_of(ctx), q, k, v, o, opts, {});
+  project_output<T>(o, w.out_proj_weight, w.out_proj_bias, y, ctx);
 }
 
-}  // namespace attend
+ATTEND_NAMESPACE_END

@@ -26,12 +26,15 @@
 // (the sink's logit when sinks are given), never NaN.
 #pragma once
 
+#include "attend/detail/config.hpp"
+
+#include <cmath>
 #include <cstdint>
 #include <optional>
 
 #include "attend/view.hpp"
 
-namespace attend {
+ATTEND_NAMESPACE_BEGIN
 
 enum class Alignment : std::uint8_t { bottom_right, top_left };
 
@@ -69,10 +72,15 @@ struct ScoreOptions {
   Span<const float> sinks{};
 };
 
+// The conventional scale for head width dk: 1 / sqrt(dk).
+inline double default_scale(index_t dk) {
+  return dk > 0 ? 1.0 / std::sqrt(double(dk)) : 1.0;
+}
+
 // Options of the whole attention call: the score options plus the scale.
 struct AttentionOptions : ScoreOptions {
   // Multiplies Q K^T; unset means 1 / sqrt(Dk).
   std::optional<double> scale{};
 };
 
-}  // namespace attend
+ATTEND_NAMESPACE_END

@@ -5,20 +5,18 @@
 // whatever the head width (Vaswani et al. 2017, section 3.2.1).
 #pragma once
 
+#include "attend/detail/config.hpp"
+
 #include <cmath>
 #include <string>
 
+#include "attend/context.hpp"
 #include "attend/detail/check.hpp"
-#include "attend/detail/portable/gemm.hpp"
+#include "attend/detail/dispatch.hpp"
 #include "attend/detail/score_rule.hpp"
 #include "attend/view.hpp"
 
-namespace attend {
-
-// The conventional scale for head width dk: 1 / sqrt(dk).
-inline double default_scale(index_t dk) {
-  return dk > 0 ? 1.0 / std::sqrt(double(dk)) : 1.0;
-}
+ATTEND_NAMESPACE_BEGIN
 
 namespace detail {
 inline void check_scale(const Checker& c, double scale) {
@@ -28,7 +26,7 @@ inline void check_scale(const Checker& c, double scale) {
 
 // One head: s [Sq, Sk] = scale * q [Sq, D] . k [Sk, D]^T.
 template <class T>
-void scores(MatrixIn<T> q, MatrixIn<T> k, double scale, MatrixView<T> s) {
+void scores(MatrixIn<T> q, MatrixIn<T> k, double scale, MatrixView<T> s, const Context& ctx = {}) {
   const detail::Checker c("scores");
   detail::check_scale(c, scale);
   c.matrix("q", q, detail::any, detail::any);
@@ -36,13 +34,14 @@ void scores(MatrixIn<T> q, MatrixIn<T> k, double scale, MatrixView<T> s) {
   c.matrix("s", s, q.rows, k.rows);
   c.disjoint("s", s, "q", q);
   c.disjoint("s", s, "k", k);
-  detail::portable::gemm<T>(q, k, true, detail::acc_t<T>(scale), nullptr, false, s);
+  detail::gemm<T>(resolve(ctx.isa), detail::executor_of(ctx), q, k, true, detail::acc_t<T>(scale),
+                  nullptr, false, s);
 }
 
 // All heads: s [B, Hq, Sq, Sk] from q [B, Hq, Sq, D] and k [B, Hkv, Sk, D]; query head h
 // reads key head h / (Hq / Hkv).
 template <class T>
-void scores(TensorIn<T> q, TensorIn<T> k, double scale, TensorView<T> s) {
+void scores(TensorIn<T> q, TensorIn<T> k, double scale, TensorView<T> s, const Context& ctx = {}) {
   const detail::Checker c("scores");
   detail::check_scale(c, scale);
   c.tensor("q", q, {detail::any, detail::any, detail::any, detail::any});
@@ -52,11 +51,14 @@ void scores(TensorIn<T> q, TensorIn<T> k, double scale, TensorView<T> s) {
   c.distinct_elements("s", s);
   c.disjoint("s", s, "q", q);
   c.disjoint("s", s, "k", k);
-  const index_t group = k.heads ? q.heads / k.heads : 1;
-  for (index_t b = 0; b < q.batch; ++b)
-    for (index_t h = 0; h < q.heads; ++h)
-      detail::portable::gemm<T>(q.head(b, h), k.head(b, h / group), true, detail::acc_t<T>(scale),
-                                nullptr, false, s.head(b, h));
+  if (q.heads == 0) return;
+  const index_t group = q.heads / k.heads;
+  const Isa isa = resolve(ctx.isa);
+  detail::executor_of(ctx).parallel_for(q.batch * q.heads, [&](index_t task) {
+    const index_t b = task / q.heads, h = task % q.heads;
+    detail::gemm<T>(isa, SerialExecutor(), q.head(b, h), k.head(b, h / group), true,
+                    detail::acc_t<T>(scale), nullptr, false, s.head(b, h));
+  });
 }
 
-}  // namespace attend
+ATTEND_NAMESPACE_END

@@ -8,15 +8,18 @@
 // In place: pass the same view as input and output. Any other overlap is an error.
 #pragma once
 
+#include "attend/detail/config.hpp"
+
 #include <vector>
 
+#include "attend/context.hpp"
 #include "attend/detail/check.hpp"
-#include "attend/detail/portable/softmax.hpp"
+#include "attend/detail/dispatch.hpp"
 #include "attend/detail/score_rule.hpp"
 #include "attend/options.hpp"
 #include "attend/view.hpp"
 
-namespace attend {
+ATTEND_NAMESPACE_BEGIN
 
 namespace detail {
 
@@ -29,7 +32,7 @@ bool same_view(const TensorView<const T>& a, const TensorView<T>& b) {
 
 template <class T>
 void masked_softmax(const Checker& c, TensorView<const T> s, TensorView<T> p, const ScoreOptions& o,
-                    TensorView<T> lse) {
+                    TensorView<T> lse, const Context& ctx) {
   c.tensor("scores", s, {any, any, any, any});
   c.tensor("probs", p, {s.batch, s.heads, s.seq, s.dim});
   c.distinct_elements("probs", p);
@@ -43,16 +46,22 @@ void masked_softmax(const Checker& c, TensorView<const T> s, TensorView<T> p, co
     c.disjoint("lse", lse, "probs", p);
     check_clear_of_options(c, "lse", lse, o);
   }
-  std::vector<acc_t<T>> scratch(static_cast<std::size_t>(s.dim));
-  for (index_t b = 0; b < s.batch; ++b)
-    for (index_t h = 0; h < s.heads; ++h) {
-      const ScoreRule<acc_t<T>> rule(o, b, h, s.seq, s.dim);
-      for (index_t i = 0; i < s.seq; ++i) {
-        const auto row_lse = portable::softmax_row<T>(rule, i, s.row(b, h, i), s.dim,
-                                                      p.row(b, h, i), scratch.data());
-        if (!lse.empty()) *lse.row(b, h, i) = static_cast<T>(row_lse);
-      }
+  // Tasks of up to 64 rows of one (batch, head).
+  constexpr index_t rows_per_task = 64;
+  const index_t chunks = (s.seq + rows_per_task - 1) / rows_per_task;
+  if (s.batch * s.heads * chunks == 0) return;
+  const Isa isa = resolve(ctx.isa);
+  executor_of(ctx).parallel_for(s.batch * s.heads * chunks, [&](index_t task) {
+    const index_t b = task / (s.heads * chunks), h = task / chunks % s.heads;
+    const index_t first = task % chunks * rows_per_task;
+    const ScoreRule<acc_t<T>> rule(o, b, h, s.seq, s.dim);
+    std::vector<acc_t<T>> scratch(static_cast<std::size_t>(s.dim));
+    for (index_t i = first; i < std::min(first + rows_per_task, s.seq); ++i) {
+      const acc_t<T> row_lse =
+          softmax_row<T>(isa, rule, i, s.row(b, h, i), s.dim, p.row(b, h, i), scratch.data());
+      if (!lse.empty()) *lse.row(b, h, i) = static_cast<T>(row_lse);
     }
+  });
 }
 
 }  // namespace detail
@@ -62,19 +71,20 @@ void masked_softmax(const Checker& c, TensorView<const T> s, TensorView<T> p, co
 // log-sum-exp (the sink included), -inf for a fully masked row.
 template <class T>
 void softmax(TensorIn<T> scores, TensorView<T> probs, const ScoreOptions& opts = {},
-             TensorView<T> lse = {}) {
-  detail::masked_softmax<T>(detail::Checker("softmax"), scores, probs, opts, lse);
+             TensorView<T> lse = {}, const Context& ctx = {}) {
+  detail::masked_softmax<T>(detail::Checker("softmax"), scores, probs, opts, lse, ctx);
 }
 
 // In place: scores [B, H, Sq, Sk] become probabilities.
 template <class T>
-void softmax(TensorView<T> scores, const ScoreOptions& opts, TensorView<T> lse = {}) {
-  detail::masked_softmax<T>(detail::Checker("softmax"), scores, scores, opts, lse);
+void softmax(TensorView<T> scores, const ScoreOptions& opts, TensorView<T> lse = {},
+             const Context& ctx = {}) {
+  detail::masked_softmax<T>(detail::Checker("softmax"), scores, scores, opts, lse, ctx);
 }
 
 // Plain row softmax of a matrix x [rows, cols] into y [rows, cols] (y may be x).
 template <class T>
-void softmax(MatrixIn<T> x, MatrixView<T> y) {
+void softmax(MatrixIn<T> x, MatrixView<T> y, const Context& ctx = {}) {
   const detail::Checker c("softmax");
   c.matrix("x", x, detail::any, detail::any);
   c.matrix("y", y, x.rows, x.cols);
@@ -82,13 +92,13 @@ void softmax(MatrixIn<T> x, MatrixView<T> y) {
   if (!in_place) c.disjoint("y", y, "x", x);
   const TensorView<const T> xs{x.data, 1, 1, x.rows, x.cols, 0, 0, x.stride};
   const TensorView<T> ys{y.data, 1, 1, y.rows, y.cols, 0, 0, y.stride};
-  detail::masked_softmax<T>(c, xs, ys, {}, {});
+  detail::masked_softmax<T>(c, xs, ys, {}, {}, ctx);
 }
 
 // Plain row softmax of x [rows, cols] in place.
 template <class T>
-void softmax(MatrixView<T> x) {
-  softmax<T>(x, x);
+void softmax(MatrixView<T> x, const Context& ctx = {}) {
+  softmax<T>(x, x, ctx);
 }
 
-}  // namespace attend
+ATTEND_NAMESPACE_END

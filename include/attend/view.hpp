@@ -8,12 +8,14 @@
 // exceed 2^31 elements, and every offset computed from these fields stays 64-bit.
 #pragma once
 
+#include "attend/detail/config.hpp"
+
 #include <cstddef>
 #include <cstdint>
 #include <type_traits>
 #include <vector>
 
-namespace attend {
+ATTEND_NAMESPACE_BEGIN
 
 using index_t = std::int64_t;
 
@@ -135,4 +137,4 @@ using TensorIn = typename detail::identity<TensorView<const T>>::type;
 template <class T>
 using SpanIn = typename detail::identity<Span<const T>>::type;
 
-}  // namespace attend
+ATTEND_NAMESPACE_END

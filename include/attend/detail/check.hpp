@@ -6,6 +6,8 @@
 //   attend::attention: k: expected shape [2, 4, 17, 64], got [2, 4, 17, 80]
 #pragma once
 
+#include "attend/detail/config.hpp"
+
 #include <algorithm>
 #include <array>
 #include <cstdint>
@@ -14,7 +16,8 @@
 
 #include "attend/view.hpp"
 
-namespace attend::detail {
+ATTEND_NAMESPACE_BEGIN
+namespace detail {
 
 // Marks an extent that may take any value in an expected shape.
 inline constexpr index_t any = -1;
@@ -144,4 +147,5 @@ class Checker {
   const char* fn_;
 };
 
-}  // namespace attend::detail
+}  // namespace detail
+ATTEND_NAMESPACE_END

@@ -3,6 +3,8 @@
 // so that the masks mean the same thing everywhere. See attend/options.hpp for the maths.
 #pragma once
 
+#include "attend/detail/config.hpp"
+
 #include <algorithm>
 #include <cmath>
 #include <limits>
@@ -11,7 +13,8 @@
 #include "attend/detail/check.hpp"
 #include "attend/options.hpp"
 
-namespace attend::detail {
+ATTEND_NAMESPACE_BEGIN
+namespace detail {
 
 // Validates `o` for scores of shape [batch, heads, sq, sk].
 inline void check_score_options(const Checker& c, const ScoreOptions& o, index_t batch,
@@ -143,4 +146,5 @@ class ScoreRule {
   Acc slope_, softcap_;
 };
 
-}  // namespace attend::detail
+}  // namespace detail
+ATTEND_NAMESPACE_END

@@ -8,13 +8,16 @@
 // SIMD paths replace it, and the tests hold them to the same answers.
 #pragma once
 
+#include "attend/detail/config.hpp"
+
 #include <algorithm>
 #include <vector>
 
 #include "attend/detail/types.hpp"
 #include "attend/view.hpp"
 
-namespace attend::detail::portable {
+ATTEND_NAMESPACE_BEGIN
+namespace detail::portable {
 
 template <class T>
 void gemm(MatrixView<const T> a, MatrixView<const T> b, bool b_transposed, acc_t<T> alpha,
@@ -51,4 +54,5 @@ void gemm(MatrixView<const T> a, MatrixView<const T> b, bool b_transposed, acc_t
   }
 }
 
-}  // namespace attend::detail::portable
+}  // namespace detail::portable
+ATTEND_NAMESPACE_END

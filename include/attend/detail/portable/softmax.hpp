@@ -1,13 +1,16 @@
 // Portable masked softmax of one row of scores.
 #pragma once
 
+#include "attend/detail/config.hpp"
+
 #include <cmath>
 #include <limits>
 
 #include "attend/detail/score_rule.hpp"
 #include "attend/detail/types.hpp"
 
-namespace attend::detail::portable {
+ATTEND_NAMESPACE_BEGIN
+namespace detail::portable {
 
 // Probabilities p[0, n) of query row i from its scaled scores s[0, n), under `rule`.
 // Only s[j] for j in rule.keys(i) is read; s and p may be the same row (in place), since
@@ -55,4 +58,5 @@ acc_t<T> softmax_row(const ScoreRule<acc_t<T>>& rule, index_t i, const T* s, ind
   return m + std::log(z);
 }
 
-}  // namespace attend::detail::portable
+}  // namespace detail::portable
+ATTEND_NAMESPACE_END

@@ -1,0 +1,70 @@
+// The run-time dispatch: each kernel's entry point takes the path a call resolved to and
+// runs that path's implementation. Double precision always runs the portable path.
+#pragma once
+
+#include "attend/detail/config.hpp"
+
+#include <type_traits>
+
+#include "attend/context.hpp"
+#include "attend/detail/portable/gemm.hpp"
+#include "attend/detail/portable/softmax.hpp"
+#include "attend/detail/unfused.hpp"
+#include "attend/isa.hpp"
+
+#if ATTEND_X86_64
+#include "attend/detail/simd/kernels_avx2.hpp"
+#include "attend/detail/simd/kernels_avx512.hpp"
+#endif
+
+ATTEND_NAMESPACE_BEGIN
+namespace detail {
+
+// c = alpha * a * op(b) + bias (+ c); see portable/gemm.hpp.
+template <class T>
+void gemm(Isa isa, const Executor& executor, MatrixView<const T> a, MatrixView<const T> b,
+          bool b_transposed, acc_t<T> alpha, const T* bias, bool accumulate, MatrixView<T> c) {
+  if constexpr (std::is_same_v<T, float>) {
+#if ATTEND_X86_64
+    if (isa == Isa::avx512)
+      return avx512::gemm(a, b, b_transposed, alpha, bias, accumulate, c, executor);
+    if (isa == Isa::avx2)
+      return avx2::gemm(a, b, b_transposed, alpha, bias, accumulate, c, executor);
+#endif
+  }
+  (void)isa, (void)executor;
+  portable::gemm<T>(a, b, b_transposed, alpha, bias, accumulate, c);
+}
+
+// One row of the masked softmax; see portable/softmax.hpp.
+template <class T>
+acc_t<T> softmax_row(Isa isa, const ScoreRule<acc_t<T>>& rule, index_t i, const T* s, index_t n,
+                     T* p, acc_t<T>* scratch) {
+  if constexpr (std::is_same_v<T, float>) {
+#if ATTEND_X86_64
+    if (isa == Isa::avx512) return avx512::softmax_row(rule, i, s, n, p, scratch);
+    if (isa == Isa::avx2) return avx2::softmax_row(rule, i, s, n, p, scratch);
+#endif
+  }
+  (void)isa;
+  return portable::softmax_row<T>(rule, i, s, n, p, scratch);
+}
+
+// Attention for every batch and head: the fused kernel on SIMD paths, the unfused
+// composition on the portable path.
+template <class T>
+void attention(Isa isa, const Executor& executor, TensorView<const T> q, TensorView<const T> k,
+               TensorView<const T> v, TensorView<T> o, const AttentionOptions& opts,
+               TensorView<T> lse) {
+  if constexpr (std::is_same_v<T, float>) {
+#if ATTEND_X86_64
+    if (isa == Isa::avx512) return avx512::attention(q, k, v, o, opts, lse, executor);
+    if (isa == Isa::avx2) return avx2::attention(q, k, v, o, opts, lse, executor);
+#endif
+  }
+  (void)isa;
+  unfused_attention<T>(q, k, v, o, opts, lse, executor);
+}
+
+}  // namespace detail
+ATTEND_NAMESPACE_END

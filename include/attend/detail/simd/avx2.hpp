@@ -1,0 +1,90 @@
+// The AVX2 path's vector of floats: 8 lanes in a ymm register, 16 registers. The same
+// operations as avx512.hpp's, so that every kernel is written once.
+#pragma once
+
+#include "attend/detail/config.hpp"
+
+#include <cstdint>
+#include <limits>
+
+#include "attend/detail/simd/target.hpp"
+
+ATTEND_BEGIN_TARGET_AVX2
+ATTEND_NAMESPACE_BEGIN
+namespace detail::avx2 {
+
+struct Vec {
+  using V = __m256;
+  static constexpr int lanes = 8;
+  static constexpr int registers = 16;
+  static constexpr const char* isa = "avx2";
+
+  static V zero() { return _mm256_setzero_ps(); }
+  static V set1(float x) { return _mm256_set1_ps(x); }
+  static V load(const float* p) { return _mm256_loadu_ps(p); }
+  static void store(float* p, V v) { _mm256_storeu_ps(p, v); }
+  static __m256i iota() { return _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7); }
+  // Lanes j with begin <= base + j < end, as an all-ones / all-zeros lane mask.
+  static __m256i lanes_in(int base, int begin, int end) {
+    const __m256i j = _mm256_add_epi32(_mm256_set1_epi32(base), iota());
+    return _mm256_and_si256(_mm256_cmpgt_epi32(j, _mm256_set1_epi32(begin - 1)),
+                            _mm256_cmpgt_epi32(_mm256_set1_epi32(end), j));
+  }
+  // The first n lanes (0 <= n <= lanes); the others read as 0 and are never touched.
+  static V load(const float* p, int n) { return _mm256_maskload_ps(p, lanes_in(0, 0, n)); }
+  static void store(float* p, V v, int n) { _mm256_maskstore_ps(p, lanes_in(0, 0, n), v); }
+
+  static V add(V a, V b) { return _mm256_add_ps(a, b); }
+  static V sub(V a, V b) { return _mm256_sub_ps(a, b); }
+  static V mul(V a, V b) { return _mm256_mul_ps(a, b); }
+  static V fmadd(V a, V b, V c) { return _mm256_fmadd_ps(a, b, c); }  // a * b + c
+  // max/min return the second operand when either is NaN.
+  static V max(V a, V b) { return _mm256_max_ps(a, b); }
+  static V min(V a, V b) { return _mm256_min_ps(a, b); }
+  static float reduce_add(V v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    return _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)));
+  }
+  static float reduce_max(V v) {
+    __m128 s = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_max_ps(s, _mm_movehl_ps(s, s));
+    return _mm_cvtss_f32(_mm_max_ss(s, _mm_movehdup_ps(s)));
+  }
+
+  // Lane j keeps its value where begin <= base + j < end, else becomes `fill`.
+  static V keep_range(V v, int base, int begin, int end, float fill) {
+    return _mm256_blendv_ps(_mm256_set1_ps(fill), v,
+                            _mm256_castsi256_ps(lanes_in(base, begin, end)));
+  }
+
+  // 2^e for integer lanes e in [-126, 127]: e + 127 in the exponent field.
+  static V pow2(__m256i e) {
+    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(e, _mm256_set1_epi32(127)), 23));
+  }
+
+  // 2^x, as avx512.hpp's: 2^f from the same polynomial, times 2^n built in the exponent
+  // bits in two halves (2^(n/2) and 2^(n - n/2), each a normal float for |n| <= 128).
+  // Below 2^-126 flushes to 0, x >= 128 gives +inf, a NaN stays NaN.
+  static V exp2(V x) {
+    const V clamped =
+        _mm256_min_ps(_mm256_set1_ps(128.0f), _mm256_max_ps(_mm256_set1_ps(-126.0f), x));
+    const V n = _mm256_round_ps(clamped, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    const V f = _mm256_sub_ps(clamped, n);
+    V p = _mm256_set1_ps(1.535336188319500e-4f);
+    p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(1.339887440266574e-3f));
+    p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(9.618437357674640e-3f));
+    p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(5.550332471162809e-2f));
+    p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(2.402264791363012e-1f));
+    p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(6.931472028550421e-1f));
+    p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(1.0f));
+    const __m256i ni = _mm256_cvtps_epi32(n), half = _mm256_srai_epi32(ni, 1);
+    const V r = _mm256_mul_ps(_mm256_mul_ps(p, pow2(half)), pow2(_mm256_sub_epi32(ni, half)));
+    const V tiny = _mm256_cmp_ps(x, _mm256_set1_ps(-126.0f), _CMP_LT_OQ);
+    return _mm256_blendv_ps(r, _mm256_setzero_ps(), tiny);
+  }
+};
+
+}  // namespace detail::avx2
+ATTEND_NAMESPACE_END
+ATTEND_END_TARGET

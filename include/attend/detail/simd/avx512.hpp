@@ -1,0 +1,81 @@
+// The AVX-512 path's vector of floats: 16 lanes in a zmm register, 32 registers.
+//
+// Every SIMD kernel of attend is written once against the operations below (see
+// kernels-inl.hpp) and compiled once per path; avx2.hpp has the same operations on 8
+// lanes. Only code reached through the run-time dispatch may call them.
+#pragma once
+
+#include "attend/detail/config.hpp"
+
+#include <cstdint>
+#include <limits>
+
+#include "attend/detail/simd/target.hpp"
+
+ATTEND_BEGIN_TARGET_AVX512
+ATTEND_NAMESPACE_BEGIN
+namespace detail::avx512 {
+
+struct Vec {
+  using V = __m512;
+  static constexpr int lanes = 16;
+  static constexpr int registers = 32;
+  static constexpr const char* isa = "avx512";
+
+  static V zero() { return _mm512_setzero_ps(); }
+  static V set1(float x) { return _mm512_set1_ps(x); }
+  static V load(const float* p) { return _mm512_loadu_ps(p); }
+  static void store(float* p, V v) { _mm512_storeu_ps(p, v); }
+  // The first n lanes (0 <= n <= lanes); the others read as 0 and are never touched.
+  static __mmask16 first(int n) { return __mmask16((1u << n) - 1u); }
+  static V load(const float* p, int n) { return _mm512_maskz_loadu_ps(first(n), p); }
+  static void store(float* p, V v, int n) { _mm512_mask_storeu_ps(p, first(n), v); }
+
+  static V add(V a, V b) { return _mm512_add_ps(a, b); }
+  static V sub(V a, V b) { return _mm512_sub_ps(a, b); }
+  static V mul(V a, V b) { return _mm512_mul_ps(a, b); }
+  static V fmadd(V a, V b, V c) { return _mm512_fmadd_ps(a, b, c); }  // a * b + c
+  // max/min return the second operand when either is NaN: pass the value that must carry
+  // a NaN through second.
+  static V max(V a, V b) { return _mm512_max_ps(a, b); }
+  static V min(V a, V b) { return _mm512_min_ps(a, b); }
+  static float reduce_add(V v) { return _mm512_reduce_add_ps(v); }
+  static float reduce_max(V v) { return _mm512_reduce_max_ps(v); }
+
+  // Lane j holds `base + j` where begin <= base + j < end keeps its value, else `fill`.
+  static V keep_range(V v, int base, int begin, int end, float fill) {
+    const __m512i j =
+        _mm512_add_epi32(_mm512_set1_epi32(base),
+                         _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15));
+    const __mmask16 inside = _mm512_cmpge_epi32_mask(j, _mm512_set1_epi32(begin)) &
+                             _mm512_cmplt_epi32_mask(j, _mm512_set1_epi32(end));
+    return _mm512_mask_blend_ps(inside, _mm512_set1_ps(fill), v);
+  }
+
+  // 2^x for every lane: x = n + f with n an integer and |f| <= 1/2; 2^f from a degree-6
+  // polynomial (Cephes' exp2f coefficients), times 2^n. Results below 2^-126 flush to 0
+  // (so -inf gives exactly 0, and no denormal reaches the products that follow: they
+  // would cost microcode assists), x >= 128 gives +inf, and a NaN stays NaN (it is passed
+  // to min/max second). Maximum error: see tests/test_simd.cpp.
+  static V exp2(V x) {
+    const V clamped =
+        _mm512_min_ps(_mm512_set1_ps(128.0f), _mm512_max_ps(_mm512_set1_ps(-127.0f), x));
+    const V n = _mm512_roundscale_ps(clamped, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    const V f = _mm512_sub_ps(clamped, n);
+    V p = _mm512_set1_ps(1.535336188319500e-4f);
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.339887440266574e-3f));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(9.618437357674640e-3f));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(5.550332471162809e-2f));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(2.402264791363012e-1f));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(6.931472028550421e-1f));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.0f));
+    // scalef: p * 2^n exactly, overflowing to +inf for x >= 128.
+    const V r = _mm512_scalef_ps(p, n);
+    const __mmask16 tiny = _mm512_cmp_ps_mask(x, _mm512_set1_ps(-126.0f), _CMP_LT_OQ);
+    return _mm512_mask_blend_ps(tiny, r, _mm512_setzero_ps());
+  }
+};
+
+}  // namespace detail::avx512
+ATTEND_NAMESPACE_END
+ATTEND_END_TARGET

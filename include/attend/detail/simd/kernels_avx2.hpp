@@ -1,0 +1,31 @@
+// The avx2 path: every SIMD kernel compiled for avx2, in namespace detail::avx2.
+#pragma once
+
+#include "attend/detail/config.hpp"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <vector>
+
+#include "attend/context.hpp"
+#include "attend/detail/portable/gemm.hpp"
+#include "attend/detail/portable/softmax.hpp"
+#include "attend/detail/score_rule.hpp"
+#include "attend/detail/simd/avx2.hpp"
+#include "attend/detail/unfused.hpp"
+#include "attend/options.hpp"
+#include "attend/view.hpp"
+
+ATTEND_BEGIN_TARGET_AVX2
+ATTEND_NAMESPACE_BEGIN
+namespace detail::avx2 {
+
+#include "attend/detail/simd/flash-inl.hpp"
+#include "attend/detail/simd/gemm-inl.hpp"
+#include "attend/detail/simd/softmax-inl.hpp"
+
+}  // namespace detail::avx2
+ATTEND_NAMESPACE_END
+ATTEND_END_TARGET

@@ -1,0 +1,80 @@
+// The unfused attention path: scores, masked softmax and the V merge, one head at a time.
+// The portable path of attention(), and the readable reference of what every fused kernel
+// computes.
+#pragma once
+
+#include "attend/detail/config.hpp"
+
+#include <algorithm>
+#include <vector>
+
+#include "attend/context.hpp"
+#include "attend/detail/portable/gemm.hpp"
+#include "attend/detail/portable/softmax.hpp"
+#include "attend/detail/score_rule.hpp"
+#include "attend/options.hpp"
+#include "attend/view.hpp"
+
+ATTEND_NAMESPACE_BEGIN
+namespace detail {
+
+// o_i = sum of p_ij v_j over the keys j row i can see. Hidden keys are skipped rather than
+// multiplied by their zero weight, so whatever their V rows hold (NaN, inf) stays out.
+template <class T>
+void merge_visible(const ScoreRule<acc_t<T>>& rule, MatrixView<const T> p, MatrixView<const T> v,
+                   MatrixView<T> o) {
+  using Acc = acc_t<T>;
+  std::vector<Acc> row(static_cast<std::size_t>(v.cols));
+  for (index_t i = 0; i < p.rows; ++i) {
+    std::fill(row.begin(), row.end(), Acc(0));
+    const KeyRange keys = rule.keys(i);
+    for (index_t j = keys.begin; j < std::min(keys.end, p.cols); ++j) {
+      if (rule.hidden(i, j)) continue;
+      const Acc pij = Acc(p(i, j));
+      const T* vj = v.row(j);
+      for (index_t d = 0; d < v.cols; ++d) row[d] += pij * Acc(vj[d]);
+    }
+    T* oi = o.row(i);
+    for (index_t d = 0; d < v.cols; ++d) oi[d] = static_cast<T>(row[d]);
+  }
+}
+
+// The unfused path for one (batch b, query head h): scores over the keys that exist, the
+// masked row softmax in place, and the merge with V. Keys past key_lengths[b] are never
+// read. `probs` holds [Sq, Sk] values, `scratch` Sk.
+template <class T>
+void unfused_head(TensorView<const T> q, TensorView<const T> k, TensorView<const T> v,
+                  TensorView<T> o, const AttentionOptions& opts, TensorView<T> lse, index_t b,
+                  index_t h, T* probs, acc_t<T>* scratch) {
+  using Acc = acc_t<T>;
+  const index_t group = q.heads / k.heads;
+  const Acc scale = Acc(opts.scale.value_or(default_scale(q.dim)));
+  const index_t keys = opts.key_lengths.empty() ? k.seq : opts.key_lengths[b];
+  const MatrixView<const T> kh = k.head(b, h / group).block(0, keys, 0, k.dim);
+  const MatrixView<const T> vh = v.head(b, h / group).block(0, keys, 0, v.dim);
+  const MatrixView<T> p(probs, q.seq, keys);
+  portable::gemm<T>(q.head(b, h), kh, true, scale, nullptr, false, p);
+  const ScoreRule<Acc> rule(opts, b, h, q.seq, k.seq);
+  for (index_t i = 0; i < q.seq; ++i) {
+    const Acc row_lse = portable::softmax_row<T>(rule, i, p.row(i), keys, p.row(i), scratch);
+    if (!lse.empty()) *lse.row(b, h, i) = static_cast<T>(row_lse);
+  }
+  merge_visible<T>(rule, p, vh, o.head(b, h));
+}
+
+// Every (batch, head) pair as one task of `executor`.
+template <class T>
+void unfused_attention(TensorView<const T> q, TensorView<const T> k, TensorView<const T> v,
+                       TensorView<T> o, const AttentionOptions& opts, TensorView<T> lse,
+                       const Executor& executor) {
+  if (q.heads == 0) return;
+  executor.parallel_for(q.batch * q.heads, [&](index_t task) {
+    std::vector<T> probs(static_cast<std::size_t>(q.seq * k.seq));
+    std::vector<acc_t<T>> scratch(static_cast<std::size_t>(k.seq));
+    unfused_head<T>(q, k, v, o, opts, lse, task / q.heads, task % q.heads, probs.data(),
+                    scratch.data());
+  });
+}
+
+}  // namespace detail
+ATTEND_NAMESPACE_END
