@@ -129,6 +129,12 @@ class ScoreRule {
     return s;
   }
 
+  // True when logit(i, j, s) == s for every key in keys(i): no boolean mask, bias, ALiBi
+  // or softcap. Vectorised kernels then need only the key ranges.
+  bool plain() const {
+    return o_.mask.empty() && o_.bias.empty() && slope_ == Acc(0) && softcap_ == Acc(0);
+  }
+
   bool has_sink() const { return !o_.sinks.empty(); }
   Acc sink() const { return static_cast<Acc>(o_.sinks[h_]); }
 

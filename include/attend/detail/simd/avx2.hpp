@@ -41,6 +41,10 @@ struct Vec {
   // max/min return the second operand when either is NaN.
   static V max(V a, V b) { return _mm256_max_ps(a, b); }
   static V min(V a, V b) { return _mm256_min_ps(a, b); }
+  // Lanes where a == b take if_equal, the others `otherwise`.
+  static V select_equal(V a, V b, V if_equal, V otherwise) {
+    return _mm256_blendv_ps(otherwise, if_equal, _mm256_cmp_ps(a, b, _CMP_EQ_OQ));
+  }
   static float reduce_add(V v) {
     __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
     s = _mm_add_ps(s, _mm_movehl_ps(s, s));

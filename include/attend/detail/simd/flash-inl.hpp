@@ -1,11 +1,378 @@
-// Fused tiled attention, compiled once per path (see kernels_avx512.hpp). No includes and
-// no lambdas here: this file is included inside each path's target region and namespace,
-// which provides `Vec`.
+// Fused tiled attention: FlashAttention-2's online softmax (Dao 2023), on one CPU core per
+// task. Compiled once per path (see kernels_avx512.hpp): no includes and no lambdas here;
+// the enclosing namespace provides `Vec`.
 //
-// Placeholder until the flash kernel lands: the unfused composition.
+// For a block of query rows and a tile of keys, S = Q K^T is formed in registers, turned
+// into probabilities against the running row maximum m, and merged into the output rows
+// O += P V, after rescaling O and the running sum l by exp(m_old - m_new). The [Sq, Sk]
+// scores never exist in memory; at the end O / l is the attention output and m + log l
+// the log-sum-exp. Logits are kept in base 2 (scale * log2(e) folded in), so each
+// probability costs one exp2.
+//
+// Work: one task per (batch, kv head, chunk of query rows); a task computes the rows of
+// every query head of its group (grouped-query attention), so its keys are packed once
+// and read by all of them. Tasks never share outputs, and their boundaries do not depend
+// on the thread count: results are bit-identical for any executor.
+//
+// Tiles. S[kRows x kPanel] is one register tile: kRows broadcasts of q times kPanelVecs
+// vector loads of packed K per step of the head dimension. AVX-512: 6 x 4 = 24 zmm
+// accumulators + 4 loads + 1 broadcast of 32 registers; 24 independent FMAs cover the
+// 4-cycle latency of 2 FMA ports 3 times over. AVX2: 6 x 2 = 12 ymm + 2 + 1 of 16.
+// O += P V uses the same shape with value vectors in place of keys. kBlockRows rows share
+// each tile of kTileKeys keys while its K panels and V rows are hot in L1/L2.
+
+constexpr int kRows = 6;
+constexpr int kPanelVecs = Vec::lanes == 16 ? 4 : 2;
+constexpr int kPanel = kPanelVecs * Vec::lanes;  // keys per packed K panel: 64 / 16
+constexpr int kValueVecs = kPanelVecs;           // value columns per PV register tile
+constexpr index_t kTileKeys = 256;               // keys per tile (a multiple of kPanel)
+constexpr index_t kBlockRows = 4 * kRows;        // rows that share one tile
+constexpr index_t kTaskRows = 4 * kBlockRows;    // rows per task (per query head)
+
+constexpr float kLog2e = 1.4426950408889634f;
+constexpr float kLn2 = 0.6931471805599453f;
+
+// K rows [first, last) of one head, packed into panels of kPanel keys: panel p holds
+// key first + p * kPanel + c at [p][d][c] for c < kPanel, zeros past `last`.
+inline void pack_keys(MatrixView<const float> k, index_t first, index_t last, float* out) {
+  const index_t dk = k.cols;
+  for (index_t j0 = first; j0 < last; j0 += kPanel, out += dk * kPanel) {
+    const index_t n = std::min<index_t>(kPanel, last - j0);
+    for (index_t c = 0; c < n; ++c) {
+      const float* row = k.row(j0 + c);
+      for (index_t d = 0; d < dk; ++d) out[d * kPanel + c] = row[d];
+    }
+    for (index_t c = n; c < kPanel; ++c)
+      for (index_t d = 0; d < dk; ++d) out[d * kPanel + c] = 0.0f;
+  }
+}
+
+// s[r][0, kPanel) = q_r . panel for rows r < rows (rows <= kRows; the other rows are not
+// computed). q rows are q_stride apart; s rows are s_stride apart.
+template <int R>
+inline void qk_panel(const float* q, index_t q_stride, index_t dk, const float* panel, float* s,
+                     index_t s_stride) {
+  typename Vec::V acc[R][kPanelVecs];
+  for (int r = 0; r < R; ++r)
+    for (int v = 0; v < kPanelVecs; ++v) acc[r][v] = Vec::zero();
+  for (index_t d = 0; d < dk; ++d, panel += kPanel) {
+    typename Vec::V kv[kPanelVecs];
+    for (int v = 0; v < kPanelVecs; ++v) kv[v] = Vec::load(panel + v * Vec::lanes);
+    for (int r = 0; r < R; ++r) {
+      const typename Vec::V qr = Vec::set1(q[r * q_stride + d]);
+      for (int v = 0; v < kPanelVecs; ++v) acc[r][v] = Vec::fmadd(qr, kv[v], acc[r][v]);
+    }
+  }
+  for (int r = 0; r < R; ++r)
+    for (int v = 0; v < kPanelVecs; ++v) Vec::store(s + r * s_stride + v * Vec::lanes, acc[r][v]);
+}
+
+// o[r][c0, c0 + width) = o[r] * corr[r] + sum over keys j < n of p[r][j] * v[j][c0, ...),
+// for width <= kValueVecs * lanes columns starting at c0 (the last vector may be partial).
+template <int R>
+inline void pv_columns(const float* p, index_t p_stride, index_t n, MatrixView<const float> v,
+                       index_t c0, int width, const float* corr, float* o, index_t o_stride) {
+  typename Vec::V acc[R][kValueVecs];
+  const int full = width / Vec::lanes, tail = width % Vec::lanes;
+  const int vecs = full + (tail ? 1 : 0);
+  for (int r = 0; r < R; ++r) {
+    const typename Vec::V c = Vec::set1(corr[r]);
+    for (int u = 0; u < kValueVecs; ++u)
+      acc[r][u] = u < full   ? Vec::mul(Vec::load(o + r * o_stride + c0 + u * Vec::lanes), c)
+                  : u < vecs ? Vec::mul(Vec::load(o + r * o_stride + c0 + u * Vec::lanes, tail), c)
+                             : Vec::zero();
+  }
+  for (index_t j = 0; j < n; ++j) {
+    const float* vj = v.row(j) + c0;
+    typename Vec::V vv[kValueVecs];
+    for (int u = 0; u < kValueVecs; ++u)
+      vv[u] = u < full ? Vec::load(vj + u * Vec::lanes)
+                       : (u < vecs ? Vec::load(vj + u * Vec::lanes, tail) : Vec::zero());
+    for (int r = 0; r < R; ++r) {
+      const typename Vec::V pr = Vec::set1(p[r * p_stride + j]);
+      for (int u = 0; u < kValueVecs; ++u) acc[r][u] = Vec::fmadd(pr, vv[u], acc[r][u]);
+    }
+  }
+  for (int r = 0; r < R; ++r)
+    for (int u = 0; u < vecs; ++u) {
+      float* dst = o + r * o_stride + c0 + u * Vec::lanes;
+      if (u < full)
+        Vec::store(dst, acc[r][u]);
+      else
+        Vec::store(dst, acc[r][u], tail);
+    }
+}
+
+template <int R>
+inline void pv_tile(const float* p, index_t p_stride, index_t n, MatrixView<const float> v,
+                    const float* corr, float* o, index_t o_stride) {
+  constexpr int step = kValueVecs * Vec::lanes;
+  for (index_t c0 = 0; c0 < v.cols; c0 += step)
+    pv_columns<R>(p, p_stride, n, v, c0, int(std::min<index_t>(step, v.cols - c0)), corr, o,
+                  o_stride);
+}
+
+// Row-count dispatch for the register tiles: R is a template argument so the tiles unroll.
+inline void qk_panel_rows(int rows, const float* q, index_t q_stride, index_t dk,
+                          const float* panel, float* s, index_t s_stride) {
+  switch (rows) {
+    case 6:
+      return qk_panel<6>(q, q_stride, dk, panel, s, s_stride);
+    case 5:
+      return qk_panel<5>(q, q_stride, dk, panel, s, s_stride);
+    case 4:
+      return qk_panel<4>(q, q_stride, dk, panel, s, s_stride);
+    case 3:
+      return qk_panel<3>(q, q_stride, dk, panel, s, s_stride);
+    case 2:
+      return qk_panel<2>(q, q_stride, dk, panel, s, s_stride);
+    default:
+      return qk_panel<1>(q, q_stride, dk, panel, s, s_stride);
+  }
+}
+inline void pv_tile_rows(int rows, const float* p, index_t p_stride, index_t n,
+                         MatrixView<const float> v, const float* corr, float* o, index_t o_stride) {
+  switch (rows) {
+    case 6:
+      return pv_tile<6>(p, p_stride, n, v, corr, o, o_stride);
+    case 5:
+      return pv_tile<5>(p, p_stride, n, v, corr, o, o_stride);
+    case 4:
+      return pv_tile<4>(p, p_stride, n, v, corr, o, o_stride);
+    case 3:
+      return pv_tile<3>(p, p_stride, n, v, corr, o, o_stride);
+    case 2:
+      return pv_tile<2>(p, p_stride, n, v, corr, o, o_stride);
+    default:
+      return pv_tile<1>(p, p_stride, n, v, corr, o, o_stride);
+  }
+}
+
+// Online-softmax state of the rows of one block, and the scratch its tiles use.
+struct FlashBlock {
+  std::vector<float> s;     // [kBlockRows][kTileKeys]: base-2 logits, then probabilities
+  std::vector<float> o;     // [kBlockRows][Dv]: unnormalised output rows
+  std::vector<float> m, l;  // [kBlockRows]: running maximum (base 2) and sum
+  std::vector<float> corr;  // [kRows]: rescale factors of one micro-tile
+};
+
+// Turns row r's base-2 logits s[0, n) (-inf where hidden) into probabilities against the
+// new maximum, updating m, l and corr. Keys equal to the maximum weigh exactly 1, so +inf
+// logits (a huge scale) share the mass instead of producing inf - inf.
+inline void online_softmax_row(float* s, index_t n, float& m, float& l, float& corr) {
+  typename Vec::V mv = Vec::set1(-std::numeric_limits<float>::infinity());
+  index_t j = 0;
+  for (; j + Vec::lanes <= n; j += Vec::lanes) mv = Vec::max(mv, Vec::load(s + j));
+  float tile_max = Vec::reduce_max(mv);
+  for (; j < n; ++j) tile_max = std::max(tile_max, s[j]);
+  // A NaN logit may be skipped by max(), but it makes its probability and so l NaN below.
+  const float m_new = std::max(m, tile_max);
+  if (m_new == -std::numeric_limits<float>::infinity()) {  // nothing visible yet
+    bool nan = false;
+    for (j = 0; j < n; ++j) nan = nan || std::isnan(s[j]), s[j] = 0.0f;
+    if (nan) l = std::numeric_limits<float>::quiet_NaN();
+    corr = 1.0f;
+    return;
+  }
+  corr = m == m_new ? 1.0f : std::exp2(m - m_new);
+  const typename Vec::V mn = Vec::set1(m_new);
+  typename Vec::V sum = Vec::zero();
+  for (j = 0; j + Vec::lanes <= n; j += Vec::lanes) {
+    const typename Vec::V x = Vec::load(s + j);
+    const typename Vec::V p = Vec::select_equal(x, mn, Vec::set1(1.0f), Vec::exp2(Vec::sub(x, mn)));
+    Vec::store(s + j, p);
+    sum = Vec::add(sum, p);
+  }
+  float total = Vec::reduce_add(sum);
+  for (; j < n; ++j) {
+    s[j] = s[j] == m_new ? 1.0f : std::exp2(s[j] - m_new);
+    total += s[j];
+  }
+  l = l * corr + total;
+  m = m_new;
+}
+
+// Does row r of the micro-tile see every key of [j0, j1) with a plain rule?
+inline bool sees_all(const ScoreRule<float>& rule, index_t i, index_t j0, index_t j1) {
+  const KeyRange keys = rule.keys(i);
+  return keys.begin <= j0 && keys.end >= j1;
+}
+
+// Rows [i0, i0 + rows) of query head h against the keys [j0, j1) of one tile, whose packed
+// panels start at `panels` (key j0 in column 0). Updates the block state at row offset rb.
+inline void flash_micro_tile(const ScoreRule<float>& rule, MatrixView<const float> qh, index_t i0,
+                             int rows, const float* panels, index_t j0, index_t j1,
+                             MatrixView<const float> vh, float scale, bool v_finite,
+                             FlashBlock& blk, index_t rb, index_t dv) {
+  const index_t dk = qh.cols, width = j1 - j0;
+  float* s = blk.s.data() + rb * kTileKeys;
+  for (index_t p = 0; p * kPanel < width; ++p)
+    qk_panel_rows(rows, qh.row(i0), qh.stride, dk, panels + p * dk * kPanel, s + p * kPanel,
+                  kTileKeys);
+  bool all_visible = rule.plain();
+  for (int r = 0; r < rows; ++r) all_visible = all_visible && sees_all(rule, i0 + r, j0, j1);
+  const float inf = std::numeric_limits<float>::infinity();
+  for (int r = 0; r < rows; ++r) {
+    float* sr = s + r * kTileKeys;
+    const index_t i = i0 + r;
+    if (rule.plain()) {
+      const KeyRange keys = rule.keys(i);
+      const typename Vec::V c = Vec::set1(scale * kLog2e);
+      for (index_t j = 0; j < width; j += Vec::lanes) {
+        typename Vec::V x = Vec::mul(Vec::load(sr + j), c);
+        if (!all_visible) x = Vec::keep_range(x, int(j0 + j), int(keys.begin), int(keys.end), -inf);
+        Vec::store(sr + j, x);
+      }
+    } else {
+      const KeyRange keys = rule.keys(i);
+      for (index_t j = 0; j < width; ++j) {
+        const index_t key = j0 + j;
+        sr[j] =
+            key >= keys.begin && key < keys.end ? rule.logit(i, key, sr[j] * scale) * kLog2e : -inf;
+      }
+    }
+    online_softmax_row(sr, width, blk.m[rb + r], blk.l[rb + r], blk.corr[r]);
+  }
+  float* o = blk.o.data() + rb * dv;
+  if (all_visible || v_finite) {
+    // Hidden keys have probability exactly 0, and 0 * v adds nothing to a finite row.
+    pv_tile_rows(rows, s, kTileKeys, width, vh.block(j0, width, 0, dv), blk.corr.data(), o, dv);
+    return;
+  }
+  // A non-finite value row in a partly hidden tile: skip hidden keys one by one, so that
+  // whatever they hold never reaches a row that cannot see them.
+  for (int r = 0; r < rows; ++r) {
+    float* orow = o + r * dv;
+    const float* pr = s + r * kTileKeys;
+    const KeyRange keys = rule.keys(i0 + r);
+    for (index_t d = 0; d < dv; ++d) orow[d] *= blk.corr[r];
+    for (index_t j = std::max(j0, keys.begin); j < std::min(j1, keys.end); ++j) {
+      if (rule.hidden(i0 + r, j)) continue;
+      const float* vj = vh.row(j);
+      for (index_t d = 0; d < dv; ++d) orow[d] += pr[j - j0] * vj[d];
+    }
+  }
+}
+
+// Counts of non-finite value rows: bad[j - first] = number of rows in [first, j) holding a
+// NaN or an infinity, for the keys [first, last).
+inline void count_nonfinite_rows(MatrixView<const float> v, index_t first, index_t last,
+                                 std::vector<index_t>& bad) {
+  bad.assign(std::size_t(last - first + 1), 0);
+  for (index_t j = first; j < last; ++j) {
+    const float* row = v.row(j);
+    typename Vec::V acc = Vec::zero();  // x - x is 0 for finite x, NaN otherwise
+    index_t d = 0;
+    for (; d + Vec::lanes <= v.cols; d += Vec::lanes) {
+      const typename Vec::V x = Vec::load(row + d);
+      acc = Vec::add(acc, Vec::sub(x, x));
+    }
+    float any = Vec::reduce_add(acc);
+    for (; d < v.cols; ++d) any += row[d] - row[d];
+    bad[std::size_t(j - first + 1)] = bad[std::size_t(j - first)] + (any == 0.0f ? 0 : 1);
+  }
+}
+
+// One task: rows [r0, r1) of every query head of kv head g in batch b.
+inline void flash_task(TensorView<const float> q, TensorView<const float> k,
+                       TensorView<const float> v, TensorView<float> o, const AttentionOptions& opts,
+                       TensorView<float> lse, index_t b, index_t g, index_t r0, index_t r1) {
+  const index_t group = q.heads / k.heads, dk = q.dim, dv = v.dim;
+  const float scale = float(opts.scale.value_or(default_scale(dk)));
+  const float inf = std::numeric_limits<float>::infinity();
+
+  // Keys any row of the task may see (key ranges do not depend on the head).
+  const ScoreRule<float> any_head(opts, b, g * group, q.seq, k.seq);
+  index_t first = k.seq, last = 0;
+  for (index_t i = r0; i < r1; ++i) {
+    const KeyRange keys = any_head.keys(i);
+    if (keys.empty()) continue;
+    first = std::min(first, keys.begin);
+    last = std::max(last, keys.end);
+  }
+  if (first > last) first = last;
+  std::vector<float> panels(std::size_t((last - first + kPanel - 1) / kPanel * kPanel * dk));
+  pack_keys(k.head(b, g), first, last, panels.data());
+  const MatrixView<const float> vh = v.head(b, g);
+  std::vector<index_t> bad;
+  count_nonfinite_rows(vh, first, last, bad);
+
+  FlashBlock blk;
+  blk.s.resize(std::size_t(kBlockRows * kTileKeys));
+  blk.o.resize(std::size_t(kBlockRows * dv));
+  blk.m.resize(kBlockRows), blk.l.resize(kBlockRows), blk.corr.resize(kRows);
+  for (index_t h = g * group; h < (g + 1) * group; ++h) {
+    const ScoreRule<float> rule(opts, b, h, q.seq, k.seq);
+    const MatrixView<const float> qh = q.head(b, h);
+    for (index_t i0 = r0; i0 < r1; i0 += kBlockRows) {
+      const index_t rows = std::min(kBlockRows, r1 - i0);
+      // The sink is one more key whose value is zero: m and l start from it.
+      const float sink = rule.has_sink() ? rule.sink() * kLog2e : -inf;
+      std::fill(blk.m.begin(), blk.m.end(), sink);
+      std::fill(blk.l.begin(), blk.l.end(), rule.has_sink() ? 1.0f : 0.0f);
+      std::fill(blk.o.begin(), blk.o.end(), 0.0f);
+      index_t bfirst = last, blast = first;  // keys of this block
+      for (index_t i = i0; i < i0 + rows; ++i) {
+        const KeyRange keys = rule.keys(i);
+        if (keys.empty()) continue;
+        bfirst = std::min(bfirst, keys.begin), blast = std::max(blast, keys.end);
+      }
+      // Tiles start on panel boundaries of the packed keys.
+      const index_t t0 = bfirst <= blast ? first + (bfirst - first) / kPanel * kPanel : blast;
+      for (index_t j0 = t0; j0 < blast; j0 += kTileKeys) {
+        const index_t j1 = std::min(j0 + kTileKeys, blast);
+        const float* tile_panels = panels.data() + (j0 - first) / kPanel * kPanel * dk;
+        const bool v_finite = bad[std::size_t(j1 - first)] == bad[std::size_t(j0 - first)];
+        for (index_t mi = 0; mi < rows; mi += kRows) {
+          const int mr = int(std::min<index_t>(kRows, rows - mi));
+          // Skip micro-tiles no row of which sees any key of the tile (causal corners).
+          bool any = false;
+          for (int r = 0; r < mr; ++r) {
+            const KeyRange keys = rule.keys(i0 + mi + r);
+            any = any || (keys.begin < j1 && keys.end > j0);
+          }
+          if (!any) continue;
+          flash_micro_tile(rule, qh, i0 + mi, mr, tile_panels, j0, j1, vh, scale, v_finite, blk, mi,
+                           dv);
+        }
+      }
+      // O / l and the log-sum-exp; a row that saw nothing (l == 0) gives zeros and -inf,
+      // a row that saw a NaN gives NaN.
+      for (index_t r = 0; r < rows; ++r) {
+        const float l = blk.l[r];
+        float* dst = o.row(b, h, i0 + r);
+        const float* src = blk.o.data() + r * dv;
+        const float nothing = std::isnan(l) ? l : 0.0f;
+        for (index_t d = 0; d < dv; ++d) dst[d] = l > 0 ? src[d] / l : nothing;
+        if (!lse.empty())
+          *lse.row(b, h, i0 + r) = l > 0 ? (blk.m[r] + std::log2(l)) * kLn2 : (l == 0 ? -inf : l);
+      }
+    }
+  }
+}
+
+// The tasks of one call, as a functor: GCC compiles lambdas without the path's target.
+struct FlashTasks {
+  TensorView<const float> q, k, v;
+  TensorView<float> o;
+  const AttentionOptions* opts;
+  TensorView<float> lse;
+  index_t chunks;
+
+  // Later chunks have more keys under a causal mask: they are handed out first, so the
+  // last tasks to run are the short ones and the threads finish together.
+  void operator()(index_t t) const {
+    const index_t chunk = chunks - 1 - t % chunks, bg = t / chunks;
+    const index_t r0 = chunk * kTaskRows;
+    flash_task(q, k, v, o, *opts, lse, bg / k.heads, bg % k.heads, r0,
+               std::min(q.seq, r0 + kTaskRows));
+  }
+};
 
 inline void attention(TensorView<const float> q, TensorView<const float> k,
                       TensorView<const float> v, TensorView<float> o, const AttentionOptions& opts,
                       TensorView<float> lse, const Executor& executor) {
-  unfused_attention<float>(q, k, v, o, opts, lse, executor);
+  if (q.heads == 0 || q.batch == 0 || q.seq == 0) return;
+  const index_t chunks = (q.seq + kTaskRows - 1) / kTaskRows;
+  executor.parallel_for(q.batch * k.heads * chunks, FlashTasks{q, k, v, o, &opts, lse, chunks});
 }
