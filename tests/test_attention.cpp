@@ -8,6 +8,8 @@
 // behaviour (zeros, -inf, the sink, NaN placement) compare with ==.
 
 #include "attend/attention.hpp"
+#include "attend/context.hpp"
+#include "attend/isa.hpp"
 
 #include <gtest/gtest.h>
 
@@ -898,6 +900,112 @@ TYPED_TEST(Attention, RejectsBadOptionsWithoutWriting) {
   expect_rejected<T>(p, "mask", [&](C& c) { c.opts.mask = mask2h.view; });
   expect_rejected<T>(p, "alibi_slopes.size", [&](C& c) { c.opts.alibi_slopes = three; });
   expect_rejected<T>(p, "sinks.size", [&](C& c) { c.opts.sinks = three; });
+}
+
+// ---------------------------------------------------------------------------------------
+// Every path, forced: sequences long enough for the fused kernel's tiles, blocks and tasks
+// (several of each, with partial ones at every edge), and thread counts.
+
+// Runs `p` on each path this CPU has, forcing it through the Context, and holds each
+// result to the oracle.
+template <class T>
+void check_every_path(Problem<T>& p, const AttentionOptions& opts,
+                      const attend::Executor* executor = nullptr) {
+  const ref::Attention r = p.oracle(opts);
+  for (attend::Isa isa : attend::supported_isas()) {
+    SCOPED_TRACE(std::string("path ") + attend::name(isa) + ", " + describe(p.shape));
+    attend::Context ctx;
+    ctx.isa = isa;
+    ctx.executor = executor;
+    std::fill(p.o.storage.begin(), p.o.storage.end(), testing_support::canary<T>());
+    attend::attention<T>(p.q.in(), p.k.in(), p.v.in(), p.o.view, opts, p.lse.view, ctx);
+    EXPECT_TRUE(ref::output_matches<T>(p.o.view, r));
+    EXPECT_TRUE(ref::lse_matches<T>(p.lse.view, r.rows));
+    EXPECT_TRUE(p.o.canaries_intact()) << "o written outside its view";
+  }
+}
+
+TYPED_TEST(Attention, EveryPathMatchesOnLongCausalGqa) {
+  Problem<TypeParam> p({1, 4, 2, 300, 700, 64, 72, Layout::bshd});
+  AttentionOptions opts;
+  opts.causal = true;
+  check_every_path(p, opts);
+}
+
+TYPED_TEST(Attention, EveryPathMatchesOnLongUnmaskedWithOddHeadWidths) {
+  Problem<TypeParam> p({2, 2, 1, 130, 517, 17, 80, Layout::bhsd});
+  check_every_path(p, {});
+}
+
+TYPED_TEST(Attention, EveryPathMatchesOnSlidingWindowWithLengthsAndSinks) {
+  Problem<TypeParam> p({2, 2, 2, 513, 513, 80, 16, Layout::bhsd});
+  AttentionOptions opts;
+  opts.causal = true;
+  opts.window.left = 100;
+  const std::vector<std::int32_t> lengths{513, 401};
+  const std::vector<float> sinks{0.5f, -1.0f};
+  opts.key_lengths = lengths;
+  opts.sinks = sinks;
+  check_every_path(p, opts);
+}
+
+TYPED_TEST(Attention, EveryPathMatchesWithEveryModifierOnLongRows) {
+  Problem<TypeParam> p({1, 4, 2, 97, 300, 32, 32, Layout::bhsd});
+  MaskBuffer mask(1, 1, 97, 300, 11, 0.8);
+  std::vector<float> bias(std::size_t(97 * 300));
+  std::mt19937 gen(3);
+  std::uniform_real_distribution<float> dist(-2, 2);
+  for (float& x : bias) x = dist(gen);
+  const std::vector<float> slopes = alibi_slopes(4);
+  AttentionOptions opts;
+  opts.causal = true;
+  opts.alignment = Alignment::top_left;
+  opts.mask = mask.view;
+  opts.bias = TensorView<const float>::bhsd(bias.data(), 1, 1, 97, 300);
+  opts.alibi_slopes = slopes;
+  opts.softcap = 5.0;
+  check_every_path(p, opts);
+}
+
+// Value rows holding NaN inside tiles that some rows of a block cannot see: the rows that
+// cannot see them stay exact; the rows that can are NaN.
+TYPED_TEST(Attention, EveryPathKeepsHiddenNaNValuesOutOfLongCausalRows) {
+  using T = TypeParam;
+  Problem<T> p({1, 1, 1, 400, 400, 32, 32, Layout::bhsd});
+  for (index_t j : {5, 250, 399}) fill_row<T>(p.v, 0, 0, j, std::numeric_limits<T>::quiet_NaN());
+  AttentionOptions opts;
+  opts.causal = true;
+  for (attend::Isa isa : attend::supported_isas()) {
+    SCOPED_TRACE(attend::name(isa));
+    attend::Context ctx;
+    ctx.isa = isa;
+    attend::attention<T>(p.q.in(), p.k.in(), p.v.in(), p.o.view, opts, p.lse.view, ctx);
+    for (index_t i = 0; i < 400; ++i) EXPECT_EQ(nan_row(p, 0, 0, i), i >= 5) << "row " << i;
+  }
+}
+
+// Tasks never depend on the thread count: the same bits for a serial call and for thread
+// pools of 1, 2 and 3 threads, on every path.
+TYPED_TEST(Attention, ResultsAreBitIdenticalForAnyThreadCount) {
+  using T = TypeParam;
+  Problem<T> p({2, 4, 2, 250, 250, 64, 64, Layout::bshd});
+  AttentionOptions opts;
+  opts.causal = true;
+  for (attend::Isa isa : attend::supported_isas()) {
+    SCOPED_TRACE(attend::name(isa));
+    attend::Context ctx;
+    ctx.isa = isa;
+    attend::attention<T>(p.q.in(), p.k.in(), p.v.in(), p.o.view, opts, p.lse.view, ctx);
+    const std::vector<T> serial = p.o.storage;
+    for (int threads : {1, 2, 3}) {
+      attend::ThreadPool pool(threads);
+      ctx.executor = &pool;
+      std::fill(p.o.storage.begin(), p.o.storage.end(), testing_support::canary<T>());
+      attend::attention<T>(p.q.in(), p.k.in(), p.v.in(), p.o.view, opts, p.lse.view, ctx);
+      EXPECT_EQ(std::memcmp(serial.data(), p.o.storage.data(), serial.size() * sizeof(T)), 0)
+          << threads << " threads";
+    }
+  }
 }
 
 }  // namespace

@@ -9,10 +9,10 @@
 // the log-sum-exp. Logits are kept in base 2 (scale * log2(e) folded in), so each
 // probability costs one exp2.
 //
-// Work: one task per (batch, kv head, chunk of query rows); a task computes the rows of
-// every query head of its group (grouped-query attention), so its keys are packed once
-// and read by all of them. Tasks never share outputs, and their boundaries do not depend
-// on the thread count: results are bit-identical for any executor.
+// Work: the keys of each (batch, kv head) are packed once, then one task per (batch, kv
+// head, chunk of query rows) computes the rows of every query head of the group
+// (grouped-query attention), all reading the same packed keys. Tasks never share outputs, and their
+// boundaries do not depend on the thread count: results are bit-identical for any executor.
 //
 // Tiles. S[kRows x kPanel] is one register tile: kRows broadcasts of q times kPanelVecs
 // vector loads of packed K per step of the head dimension. AVX-512: 6 x 4 = 24 zmm
@@ -47,11 +47,11 @@ inline void pack_keys(MatrixView<const float> k, index_t first, index_t last, fl
   }
 }
 
-// s[r][0, kPanel) = q_r . panel for rows r < rows (rows <= kRows; the other rows are not
-// computed). q rows are q_stride apart; s rows are s_stride apart.
+// s[r][0, kPanel) = c * (q_r . panel) for the R rows of q (q_stride apart) into s (s_stride
+// apart).
 template <int R>
-inline void qk_panel(const float* q, index_t q_stride, index_t dk, const float* panel, float* s,
-                     index_t s_stride) {
+inline void qk_panel(const float* q, index_t q_stride, index_t dk, const float* panel, float c,
+                     float* s, index_t s_stride) {
   typename Vec::V acc[R][kPanelVecs];
   for (int r = 0; r < R; ++r)
     for (int v = 0; v < kPanelVecs; ++v) acc[r][v] = Vec::zero();
@@ -63,89 +63,78 @@ inline void qk_panel(const float* q, index_t q_stride, index_t dk, const float* 
       for (int v = 0; v < kPanelVecs; ++v) acc[r][v] = Vec::fmadd(qr, kv[v], acc[r][v]);
     }
   }
+  const typename Vec::V cv = Vec::set1(c);
   for (int r = 0; r < R; ++r)
-    for (int v = 0; v < kPanelVecs; ++v) Vec::store(s + r * s_stride + v * Vec::lanes, acc[r][v]);
+    for (int v = 0; v < kPanelVecs; ++v)
+      Vec::store(s + r * s_stride + v * Vec::lanes, Vec::mul(acc[r][v], cv));
 }
 
-// o[r][c0, c0 + width) = o[r] * corr[r] + sum over keys j < n of p[r][j] * v[j][c0, ...),
-// for width <= kValueVecs * lanes columns starting at c0 (the last vector may be partial).
-template <int R>
+// o[r][c0, c0 + U * lanes) = o[r] * corr[r] + sum over keys j < n of p[r][j] * v[j][...].
+// With Partial, the last of the U vectors holds only `last` lanes. R, U and Partial are
+// compile-time constants so that the R x U accumulators stay in registers: GCC 12 spills
+// them on every step if the loop holds a masked load, hence the separate Partial kernel
+// for the columns past the last full vector, and the zero start (O * corr is added at
+// the end, which the loop then does not depend on).
+template <int R, int U, bool Partial>
 inline void pv_columns(const float* p, index_t p_stride, index_t n, MatrixView<const float> v,
-                       index_t c0, int width, const float* corr, float* o, index_t o_stride) {
-  typename Vec::V acc[R][kValueVecs];
-  const int full = width / Vec::lanes, tail = width % Vec::lanes;
-  const int vecs = full + (tail ? 1 : 0);
-  for (int r = 0; r < R; ++r) {
-    const typename Vec::V c = Vec::set1(corr[r]);
-    for (int u = 0; u < kValueVecs; ++u)
-      acc[r][u] = u < full   ? Vec::mul(Vec::load(o + r * o_stride + c0 + u * Vec::lanes), c)
-                  : u < vecs ? Vec::mul(Vec::load(o + r * o_stride + c0 + u * Vec::lanes, tail), c)
-                             : Vec::zero();
-  }
+                       index_t c0, int last, const float* corr, float* o, index_t o_stride) {
+  typename Vec::V acc[R][U];
+  for (int r = 0; r < R; ++r)
+    for (int u = 0; u < U; ++u) acc[r][u] = Vec::zero();
   for (index_t j = 0; j < n; ++j) {
     const float* vj = v.row(j) + c0;
-    typename Vec::V vv[kValueVecs];
-    for (int u = 0; u < kValueVecs; ++u)
-      vv[u] = u < full ? Vec::load(vj + u * Vec::lanes)
-                       : (u < vecs ? Vec::load(vj + u * Vec::lanes, tail) : Vec::zero());
+    typename Vec::V vv[U];
+    for (int u = 0; u < U; ++u)
+      vv[u] = Partial && u == U - 1 ? Vec::load(vj + u * Vec::lanes, last)
+                                    : Vec::load(vj + u * Vec::lanes);
     for (int r = 0; r < R; ++r) {
       const typename Vec::V pr = Vec::set1(p[r * p_stride + j]);
-      for (int u = 0; u < kValueVecs; ++u) acc[r][u] = Vec::fmadd(pr, vv[u], acc[r][u]);
+      for (int u = 0; u < U; ++u) acc[r][u] = Vec::fmadd(pr, vv[u], acc[r][u]);
     }
   }
-  for (int r = 0; r < R; ++r)
-    for (int u = 0; u < vecs; ++u) {
-      float* dst = o + r * o_stride + c0 + u * Vec::lanes;
-      if (u < full)
-        Vec::store(dst, acc[r][u]);
+  for (int r = 0; r < R; ++r) {
+    const typename Vec::V c = Vec::set1(corr[r]);
+    float* orow = o + r * o_stride + c0;
+    for (int u = 0; u < U; ++u) {
+      float* dst = orow + u * Vec::lanes;
+      if (Partial && u == U - 1)
+        Vec::store(dst, Vec::fmadd(Vec::load(dst, last), c, acc[r][u]), last);
       else
-        Vec::store(dst, acc[r][u], tail);
+        Vec::store(dst, Vec::fmadd(Vec::load(dst), c, acc[r][u]));
     }
+  }
 }
 
+// All value columns: full groups of kValueVecs vectors, then the full vectors left, then
+// the last partial vector.
 template <int R>
 inline void pv_tile(const float* p, index_t p_stride, index_t n, MatrixView<const float> v,
                     const float* corr, float* o, index_t o_stride) {
   constexpr int step = kValueVecs * Vec::lanes;
-  for (index_t c0 = 0; c0 < v.cols; c0 += step)
-    pv_columns<R>(p, p_stride, n, v, c0, int(std::min<index_t>(step, v.cols - c0)), corr, o,
-                  o_stride);
+  index_t c0 = 0;
+  for (; c0 + step <= v.cols; c0 += step)
+    pv_columns<R, kValueVecs, false>(p, p_stride, n, v, c0, 0, corr, o, o_stride);
+  for (; c0 + Vec::lanes <= v.cols; c0 += Vec::lanes)
+    pv_columns<R, 1, false>(p, p_stride, n, v, c0, 0, corr, o, o_stride);
+  if (c0 < v.cols)
+    pv_columns<R, 1, true>(p, p_stride, n, v, c0, int(v.cols - c0), corr, o, o_stride);
 }
 
-// Row-count dispatch for the register tiles: R is a template argument so the tiles unroll.
+// Row-count dispatch for the register tiles: a tile of `rows` <= R rows runs the kernel
+// instantiated for exactly that many, so that its loops unroll.
+template <int R>
 inline void qk_panel_rows(int rows, const float* q, index_t q_stride, index_t dk,
-                          const float* panel, float* s, index_t s_stride) {
-  switch (rows) {
-    case 6:
-      return qk_panel<6>(q, q_stride, dk, panel, s, s_stride);
-    case 5:
-      return qk_panel<5>(q, q_stride, dk, panel, s, s_stride);
-    case 4:
-      return qk_panel<4>(q, q_stride, dk, panel, s, s_stride);
-    case 3:
-      return qk_panel<3>(q, q_stride, dk, panel, s, s_stride);
-    case 2:
-      return qk_panel<2>(q, q_stride, dk, panel, s, s_stride);
-    default:
-      return qk_panel<1>(q, q_stride, dk, panel, s, s_stride);
-  }
+                          const float* panel, float c, float* s, index_t s_stride) {
+  if constexpr (R > 1)
+    if (rows < R) return qk_panel_rows<R - 1>(rows, q, q_stride, dk, panel, c, s, s_stride);
+  qk_panel<R>(q, q_stride, dk, panel, c, s, s_stride);
 }
+template <int R>
 inline void pv_tile_rows(int rows, const float* p, index_t p_stride, index_t n,
                          MatrixView<const float> v, const float* corr, float* o, index_t o_stride) {
-  switch (rows) {
-    case 6:
-      return pv_tile<6>(p, p_stride, n, v, corr, o, o_stride);
-    case 5:
-      return pv_tile<5>(p, p_stride, n, v, corr, o, o_stride);
-    case 4:
-      return pv_tile<4>(p, p_stride, n, v, corr, o, o_stride);
-    case 3:
-      return pv_tile<3>(p, p_stride, n, v, corr, o, o_stride);
-    case 2:
-      return pv_tile<2>(p, p_stride, n, v, corr, o, o_stride);
-    default:
-      return pv_tile<1>(p, p_stride, n, v, corr, o, o_stride);
-  }
+  if constexpr (R > 1)
+    if (rows < R) return pv_tile_rows<R - 1>(rows, p, p_stride, n, v, corr, o, o_stride);
+  pv_tile<R>(p, p_stride, n, v, corr, o, o_stride);
 }
 
 // Online-softmax state of the rows of one block, and the scratch its tiles use.
@@ -156,40 +145,44 @@ struct FlashBlock {
   std::vector<float> corr;  // [kRows]: rescale factors of one micro-tile
 };
 
-// Turns row r's base-2 logits s[0, n) (-inf where hidden) into probabilities against the
-// new maximum, updating m, l and corr. Keys equal to the maximum weigh exactly 1, so +inf
-// logits (a huge scale) share the mass instead of producing inf - inf.
-inline void online_softmax_row(float* s, index_t n, float& m, float& l, float& corr) {
-  typename Vec::V mv = Vec::set1(-std::numeric_limits<float>::infinity());
+// Turns a row's base-2 logits s[0, n) (-inf where hidden) into probabilities against the
+// new running maximum, updating m and l and returning the factor corr = exp2(m_old - m_new)
+// that rescales what the row accumulated so far.
+inline float online_softmax_row(float* s, index_t n, float& m, float& l) {
+  constexpr float inf = std::numeric_limits<float>::infinity();
+  typename Vec::V mv = Vec::set1(-inf);
   index_t j = 0;
   for (; j + Vec::lanes <= n; j += Vec::lanes) mv = Vec::max(mv, Vec::load(s + j));
   float tile_max = Vec::reduce_max(mv);
   for (; j < n; ++j) tile_max = std::max(tile_max, s[j]);
   // A NaN logit may be skipped by max(), but it makes its probability and so l NaN below.
   const float m_new = std::max(m, tile_max);
-  if (m_new == -std::numeric_limits<float>::infinity()) {  // nothing visible yet
+  if (m_new == -inf) {  // nothing visible yet
     bool nan = false;
     for (j = 0; j < n; ++j) nan = nan || std::isnan(s[j]), s[j] = 0.0f;
     if (nan) l = std::numeric_limits<float>::quiet_NaN();
-    corr = 1.0f;
-    return;
+    return 1.0f;
   }
-  corr = m == m_new ? 1.0f : std::exp2(m - m_new);
-  const typename Vec::V mn = Vec::set1(m_new);
-  typename Vec::V sum = Vec::zero();
-  for (j = 0; j + Vec::lanes <= n; j += Vec::lanes) {
-    const typename Vec::V x = Vec::load(s + j);
-    const typename Vec::V p = Vec::select_equal(x, mn, Vec::set1(1.0f), Vec::exp2(Vec::sub(x, mn)));
-    Vec::store(s + j, p);
-    sum = Vec::add(sum, p);
+  float total = 0;
+  if (m_new == inf) {
+    // A huge scale overflowed some logits: keys at +inf share the mass equally (each
+    // weighs exp2(inf - inf), read as 1), everything else weighs 0.
+    for (j = 0; j < n; ++j) total += s[j] = s[j] == inf ? 1.0f : (std::isnan(s[j]) ? s[j] : 0.0f);
+  } else {
+    const typename Vec::V mn = Vec::set1(m_new);
+    typename Vec::V sum = Vec::zero();
+    for (j = 0; j + Vec::lanes <= n; j += Vec::lanes) {
+      const typename Vec::V p = Vec::exp2(Vec::sub(Vec::load(s + j), mn));
+      Vec::store(s + j, p);
+      sum = Vec::add(sum, p);
+    }
+    total = Vec::reduce_add(sum);
+    for (; j < n; ++j) total += s[j] = std::exp2(s[j] - m_new);
   }
-  float total = Vec::reduce_add(sum);
-  for (; j < n; ++j) {
-    s[j] = s[j] == m_new ? 1.0f : std::exp2(s[j] - m_new);
-    total += s[j];
-  }
+  const float corr = m == m_new ? 1.0f : std::exp2(m - m_new);
   l = l * corr + total;
   m = m_new;
+  return corr;
 }
 
 // Does row r of the micro-tile see every key of [j0, j1) with a plain rule?
@@ -205,38 +198,41 @@ inline void flash_micro_tile(const ScoreRule<float>& rule, MatrixView<const floa
                              MatrixView<const float> vh, float scale, bool v_finite,
                              FlashBlock& blk, index_t rb, index_t dv) {
   const index_t dk = qh.cols, width = j1 - j0;
+  const float inf = std::numeric_limits<float>::infinity();
   float* s = blk.s.data() + rb * kTileKeys;
+  // Base-2 logits of plain rules straight from the product; the others get their
+  // modifications from the rule in natural units first.
+  const float c = rule.plain() ? scale * kLog2e : scale;
   for (index_t p = 0; p * kPanel < width; ++p)
-    qk_panel_rows(rows, qh.row(i0), qh.stride, dk, panels + p * dk * kPanel, s + p * kPanel,
-                  kTileKeys);
+    qk_panel_rows<kRows>(rows, qh.row(i0), qh.stride, dk, panels + p * dk * kPanel, c,
+                         s + p * kPanel, kTileKeys);
   bool all_visible = rule.plain();
   for (int r = 0; r < rows; ++r) all_visible = all_visible && sees_all(rule, i0 + r, j0, j1);
-  const float inf = std::numeric_limits<float>::infinity();
   for (int r = 0; r < rows; ++r) {
     float* sr = s + r * kTileKeys;
     const index_t i = i0 + r;
+    const KeyRange keys = rule.keys(i);
     if (rule.plain()) {
-      const KeyRange keys = rule.keys(i);
-      const typename Vec::V c = Vec::set1(scale * kLog2e);
-      for (index_t j = 0; j < width; j += Vec::lanes) {
-        typename Vec::V x = Vec::mul(Vec::load(sr + j), c);
-        if (!all_visible) x = Vec::keep_range(x, int(j0 + j), int(keys.begin), int(keys.end), -inf);
-        Vec::store(sr + j, x);
+      if (!all_visible) {
+        // The row's visible keys, relative to the tile (small numbers: int lanes suffice).
+        const int begin = int(std::clamp<index_t>(keys.begin - j0, 0, width));
+        const int end = int(std::clamp<index_t>(keys.end - j0, 0, width));
+        for (index_t j = 0; j < width; j += Vec::lanes)
+          Vec::store(sr + j, Vec::keep_range(Vec::load(sr + j), int(j), begin, end, -inf));
       }
     } else {
-      const KeyRange keys = rule.keys(i);
       for (index_t j = 0; j < width; ++j) {
         const index_t key = j0 + j;
-        sr[j] =
-            key >= keys.begin && key < keys.end ? rule.logit(i, key, sr[j] * scale) * kLog2e : -inf;
+        sr[j] = key >= keys.begin && key < keys.end ? rule.logit(i, key, sr[j]) * kLog2e : -inf;
       }
     }
-    online_softmax_row(sr, width, blk.m[rb + r], blk.l[rb + r], blk.corr[r]);
+    blk.corr[r] = online_softmax_row(sr, width, blk.m[rb + r], blk.l[rb + r]);
   }
   float* o = blk.o.data() + rb * dv;
   if (all_visible || v_finite) {
     // Hidden keys have probability exactly 0, and 0 * v adds nothing to a finite row.
-    pv_tile_rows(rows, s, kTileKeys, width, vh.block(j0, width, 0, dv), blk.corr.data(), o, dv);
+    pv_tile_rows<kRows>(rows, s, kTileKeys, width, vh.block(j0, width, 0, dv), blk.corr.data(), o,
+                        dv);
     return;
   }
   // A non-finite value row in a partly hidden tile: skip hidden keys one by one, so that
@@ -273,36 +269,42 @@ inline void count_nonfinite_rows(MatrixView<const float> v, index_t first, index
   }
 }
 
+// The keys of one (batch, kv head), packed once and read by every task of its group.
+struct PackedKeys {
+  std::vector<float> panels;  // keys [0, length) in panels of kPanel (see pack_keys)
+  std::vector<index_t> bad;   // non-finite value rows before each key (count_nonfinite_rows)
+};
+
+struct PackTasks {
+  TensorView<const float> k, v;
+  const AttentionOptions* opts;
+  PackedKeys* out;
+
+  void operator()(index_t t) const {
+    const index_t b = t / k.heads, g = t % k.heads;
+    const index_t length = opts->key_lengths.empty() ? k.seq : opts->key_lengths[b];
+    out[t].panels.resize(std::size_t((length + kPanel - 1) / kPanel * kPanel * k.dim));
+    pack_keys(k.head(b, g), 0, length, out[t].panels.data());
+    count_nonfinite_rows(v.head(b, g), 0, length, out[t].bad);
+  }
+};
+
 // One task: rows [r0, r1) of every query head of kv head g in batch b.
-inline void flash_task(TensorView<const float> q, TensorView<const float> k,
-                       TensorView<const float> v, TensorView<float> o, const AttentionOptions& opts,
-                       TensorView<float> lse, index_t b, index_t g, index_t r0, index_t r1) {
-  const index_t group = q.heads / k.heads, dk = q.dim, dv = v.dim;
+inline void flash_task(TensorView<const float> q, TensorView<const float> v, TensorView<float> o,
+                       const AttentionOptions& opts, TensorView<float> lse,
+                       const PackedKeys& keys_bg, index_t kv_heads, index_t sk, index_t b,
+                       index_t g, index_t r0, index_t r1) {
+  const index_t group = q.heads / kv_heads, dk = q.dim, dv = v.dim;
   const float scale = float(opts.scale.value_or(default_scale(dk)));
   const float inf = std::numeric_limits<float>::infinity();
-
-  // Keys any row of the task may see (key ranges do not depend on the head).
-  const ScoreRule<float> any_head(opts, b, g * group, q.seq, k.seq);
-  index_t first = k.seq, last = 0;
-  for (index_t i = r0; i < r1; ++i) {
-    const KeyRange keys = any_head.keys(i);
-    if (keys.empty()) continue;
-    first = std::min(first, keys.begin);
-    last = std::max(last, keys.end);
-  }
-  if (first > last) first = last;
-  std::vector<float> panels(std::size_t((last - first + kPanel - 1) / kPanel * kPanel * dk));
-  pack_keys(k.head(b, g), first, last, panels.data());
   const MatrixView<const float> vh = v.head(b, g);
-  std::vector<index_t> bad;
-  count_nonfinite_rows(vh, first, last, bad);
 
   FlashBlock blk;
   blk.s.resize(std::size_t(kBlockRows * kTileKeys));
   blk.o.resize(std::size_t(kBlockRows * dv));
   blk.m.resize(kBlockRows), blk.l.resize(kBlockRows), blk.corr.resize(kRows);
   for (index_t h = g * group; h < (g + 1) * group; ++h) {
-    const ScoreRule<float> rule(opts, b, h, q.seq, k.seq);
+    const ScoreRule<float> rule(opts, b, h, q.seq, sk);
     const MatrixView<const float> qh = q.head(b, h);
     for (index_t i0 = r0; i0 < r1; i0 += kBlockRows) {
       const index_t rows = std::min(kBlockRows, r1 - i0);
@@ -311,18 +313,17 @@ inline void flash_task(TensorView<const float> q, TensorView<const float> k,
       std::fill(blk.m.begin(), blk.m.end(), sink);
       std::fill(blk.l.begin(), blk.l.end(), rule.has_sink() ? 1.0f : 0.0f);
       std::fill(blk.o.begin(), blk.o.end(), 0.0f);
-      index_t bfirst = last, blast = first;  // keys of this block
+      index_t first = sk, last = 0;  // the keys any row of the block sees
       for (index_t i = i0; i < i0 + rows; ++i) {
         const KeyRange keys = rule.keys(i);
         if (keys.empty()) continue;
-        bfirst = std::min(bfirst, keys.begin), blast = std::max(blast, keys.end);
+        first = std::min(first, keys.begin), last = std::max(last, keys.end);
       }
       // Tiles start on panel boundaries of the packed keys.
-      const index_t t0 = bfirst <= blast ? first + (bfirst - first) / kPanel * kPanel : blast;
-      for (index_t j0 = t0; j0 < blast; j0 += kTileKeys) {
-        const index_t j1 = std::min(j0 + kTileKeys, blast);
-        const float* tile_panels = panels.data() + (j0 - first) / kPanel * kPanel * dk;
-        const bool v_finite = bad[std::size_t(j1 - first)] == bad[std::size_t(j0 - first)];
+      for (index_t j0 = first / kPanel * kPanel; j0 < last; j0 += kTileKeys) {
+        const index_t j1 = std::min(j0 + kTileKeys, last);
+        const float* tile_panels = keys_bg.panels.data() + j0 * dk;
+        const bool v_finite = keys_bg.bad[std::size_t(j1)] == keys_bg.bad[std::size_t(j0)];
         for (index_t mi = 0; mi < rows; mi += kRows) {
           const int mr = int(std::min<index_t>(kRows, rows - mi));
           // Skip micro-tiles no row of which sees any key of the tile (causal corners).
@@ -357,6 +358,7 @@ struct FlashTasks {
   TensorView<float> o;
   const AttentionOptions* opts;
   TensorView<float> lse;
+  const PackedKeys* packed;
   index_t chunks;
 
   // Later chunks have more keys under a causal mask: they are handed out first, so the
@@ -364,7 +366,7 @@ struct FlashTasks {
   void operator()(index_t t) const {
     const index_t chunk = chunks - 1 - t % chunks, bg = t / chunks;
     const index_t r0 = chunk * kTaskRows;
-    flash_task(q, k, v, o, *opts, lse, bg / k.heads, bg % k.heads, r0,
+    flash_task(q, v, o, *opts, lse, packed[bg], k.heads, k.seq, bg / k.heads, bg % k.heads, r0,
                std::min(q.seq, r0 + kTaskRows));
   }
 };
@@ -373,6 +375,9 @@ inline void attention(TensorView<const float> q, TensorView<const float> k,
                       TensorView<const float> v, TensorView<float> o, const AttentionOptions& opts,
                       TensorView<float> lse, const Executor& executor) {
   if (q.heads == 0 || q.batch == 0 || q.seq == 0) return;
+  std::vector<PackedKeys> packed(std::size_t(q.batch * k.heads));
+  executor.parallel_for(q.batch * k.heads, PackTasks{k, v, &opts, packed.data()});
   const index_t chunks = (q.seq + kTaskRows - 1) / kTaskRows;
-  executor.parallel_for(q.batch * k.heads * chunks, FlashTasks{q, k, v, o, &opts, lse, chunks});
+  executor.parallel_for(q.batch * k.heads * chunks,
+                        FlashTasks{q, k, v, o, &opts, lse, packed.data(), chunks});
 }
