@@ -11,7 +11,9 @@
 #include <cstring>
 #include <limits>
 #include <memory>
+#include <random>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "support/buffers.hpp"
@@ -391,6 +393,151 @@ TYPED_TEST(Softmax, MatrixRefusesEveryInvalidArgumentWithoutWriting) {
   EXPECT_TRUE(refused("y", "expected shape [4, 5]", x.in(), y.view.block(1, 3, 0, 5)));
   EXPECT_TRUE(refused("y", "null data", x.in(), {nullptr, 4, 5, 8}));
   EXPECT_TRUE(refused("y", "row stride", x.in(), {y.view.data, 4, 5, 3}));
+}
+
+// The forced paths: every path this CPU runs (attend::supported_isas), through Context, on
+// rows whose visible keys start and end at many offsets from a multiple of the vector width
+// (8 or 16 lanes), under every kind of mask and logit rule.
+
+// One ScoreOptions per kind of rule for scores [2, 3, sq, sk], with the arrays they view.
+struct RuleKinds {
+  static constexpr index_t B = 2, H = 3;
+  std::vector<std::int32_t> lengths;
+  std::vector<float> slopes{0.5f, 0.25f, 0.125f}, sinks{0.0f, 2.0f, -1.0f};
+  TensorBuffer<float> bias;
+  std::unique_ptr<bool[]> mask_data;
+  std::vector<std::pair<std::string, ScoreOptions>> cases;
+
+  RuleKinds(index_t sq, index_t sk)
+      : lengths{std::int32_t(sk), std::int32_t(2 * sk / 3)},
+        bias(1, H, sq, sk),
+        mask_data(new bool[std::size_t(B * sq * sk)]) {
+    bias.fill_random(7, -3, 3);
+    for (index_t i = 0; i < B * sq * sk; ++i) mask_data[std::size_t(i)] = i % 5 != 2;
+    const auto mask = TensorView<const bool>::bhsd(mask_data.get(), B, 1, sq, sk);
+    ScoreOptions o;
+    add("none", o);
+    o.causal = true;
+    add("causal", o);
+    o.alignment = Alignment::top_left;
+    add("causal top_left", o);
+    o = {};
+    o.window = {sk / 3, 2};
+    add("window", o);
+    o = {};
+    o.key_lengths = lengths;
+    add("key_lengths", o);
+    o = {};
+    o.bias = bias.in();
+    add("bias", o);
+    o = {};
+    o.mask = mask;
+    add("mask", o);
+    o = {};
+    o.alibi_slopes = slopes;
+    add("alibi", o);
+    o = {};
+    o.softcap = 2.5;
+    add("softcap", o);
+    o = {};
+    o.sinks = sinks;
+    add("sinks", o);
+    o.causal = true, o.key_lengths = lengths, o.alibi_slopes = slopes, o.bias = bias.in();
+    add("causal, key_lengths, alibi, bias, sinks", o);
+    o = {};
+    o.window = {sk / 3, 2}, o.mask = mask, o.softcap = 3.0, o.sinks = sinks;
+    add("window, mask, softcap, sinks", o);
+  }
+  void add(const char* name, const ScoreOptions& o) { cases.emplace_back(name, o); }
+};
+
+TYPED_TEST(Softmax, EveryPathMatchesTheOracleUnderEveryRuleAtEveryRowLength) {
+  using T = TypeParam;
+  constexpr index_t Sq = 9;
+  const attend::ThreadPool pools[] = {attend::ThreadPool(1), attend::ThreadPool(2),
+                                      attend::ThreadPool(3)};
+  std::uint32_t seed = 80;
+  for (index_t sk : {1, 7, 15, 16, 17, 31, 33, 63, 65, 129, 1000}) {
+    const RuleKinds kinds(Sq, sk);
+    const Layout layout = sk % 2 ? Layout::bhsd : Layout::bshd;
+    TensorBuffer<T> s(RuleKinds::B, RuleKinds::H, Sq, sk, layout);
+    s.fill_random(seed++, -8, 8);
+    for (const auto& [rule, o] : kinds.cases) {
+      const ref::Rows r = ref::softmax(ref::load(s.in()), ref::Tensor{}, o);
+      for (attend::Isa isa : attend::supported_isas()) {
+        SCOPED_TRACE(std::string(attend::name(isa)) + ", Sk = " + std::to_string(sk) + ", " + rule);
+        attend::Context ctx;
+        ctx.isa = isa;
+        TensorBuffer<T> p(RuleKinds::B, RuleKinds::H, Sq, sk, layout);
+        TensorBuffer<T> lse(RuleKinds::B, RuleKinds::H, Sq, 1, layout);
+        attend::softmax<T>(s.in(), p.view, o, lse.view, ctx);
+        EXPECT_TRUE(ref::probs_match<T>(p.in(), r));
+        EXPECT_TRUE(ref::lse_matches<T>(lse.in(), r));
+        EXPECT_TRUE(p.canaries_intact() && lse.canaries_intact());
+
+        // In place: the same bits.
+        TensorBuffer<T> z(RuleKinds::B, RuleKinds::H, Sq, sk, layout);
+        copy<T>(s.in(), z.view);
+        attend::softmax<T>(z.view, o, {}, ctx);
+        EXPECT_TRUE(identical<T>(z.in(), p.in()));
+
+        // Any number of threads: the same bits.
+        for (const attend::ThreadPool& pool : pools) {
+          ctx.executor = &pool;
+          TensorBuffer<T> pt(RuleKinds::B, RuleKinds::H, Sq, sk, layout);
+          TensorBuffer<T> lse_t(RuleKinds::B, RuleKinds::H, Sq, 1, layout);
+          attend::softmax<T>(s.in(), pt.view, o, lse_t.view, ctx);
+          EXPECT_TRUE(testing_support::same_bits(pt.storage, p.storage))
+              << pool.concurrency() << " threads";
+          EXPECT_TRUE(testing_support::same_bits(lse_t.storage, lse.storage))
+              << pool.concurrency() << " threads";
+        }
+      }
+    }
+  }
+}
+
+// Softmax does not see a shift of its row: p(s + c) = p(s) and lse(s + c) = lse(s) + c,
+// for shifts where s + c is exact. The SIMD paths shift by fl(m log2e) inside exp2 while
+// |m| < 2^20 and hand larger rows to the portable row; both sides of that limit, and
+// logits near the ends of the float range, must keep the unshifted row's accuracy.
+TYPED_TEST(Softmax, EveryPathIsShiftInvariantForLogitsOfAnySize) {
+  using T = TypeParam;
+  constexpr index_t Sq = 4, Sk = 37;
+  const ref::real u = ref::unit_roundoff<T>();
+  std::uint32_t seed = 90;
+  for (double c : {0.0, 1e3, 1e5, 1048544.0, 1048608.0, 16777216.0, 1e30, 3e38}) {
+    for (const T shift : {T(c), T(-c)}) {
+      // Offsets k q for integers |k| <= 64, with q the spacing of T above |shift| (so that
+      // shift + k q is exact) but at least 1/8 (so that small shifts keep a spread of
+      // weights).
+      const double q =
+          std::max(0.125, double(std::nextafter(std::fabs(shift), kInf<T>) - std::fabs(shift)));
+      TensorBuffer<T> d(1, 1, Sq, Sk), shifted(1, 1, Sq, Sk);
+      std::mt19937 gen(seed++);
+      std::uniform_int_distribution<int> k(-64, 64);
+      d.for_each([&](T& x) { x = T(k(gen) * q); });
+      for (index_t i = 0; i < Sq; ++i)
+        for (index_t j = 0; j < Sk; ++j)
+          shifted.view.row(0, 0, i)[j] = shift + d.view.row(0, 0, i)[j];
+      const ref::Rows r = ref::softmax(ref::load(d.in()), ref::Tensor{}, {});
+      for (attend::Isa isa : attend::supported_isas()) {
+        SCOPED_TRACE(std::string(attend::name(isa)) + ", shift " + std::to_string(double(shift)));
+        attend::Context ctx;
+        ctx.isa = isa;
+        TensorBuffer<T> p(1, 1, Sq, Sk), lse(1, 1, Sq, 1);
+        attend::softmax<T>(shifted.in(), p.view, {}, lse.view, ctx);
+        EXPECT_TRUE(ref::probs_match<T>(p.in(), r));
+        // lse_matches' bound, with the unshifted row's slack and the shifted lse's size.
+        for (index_t i = 0; i < Sq; ++i) {
+          const ref::real got = *lse.view.row(0, 0, i),
+                          expected = ref::real(shift) + r.lse(0, 0, i, 0);
+          const ref::real tol = 2 * (r.slack(0, 0, i, 0) + Sk + 4 + std::fabs(expected)) * u;
+          EXPECT_NEAR(double(got), double(expected), double(tol)) << "row " << i;
+        }
+      }
+    }
+  }
 }
 
 }  // namespace

@@ -71,6 +71,7 @@ class Checker {
   [[noreturn]] void fail(const std::string& arg, const std::string& what) const {
     throw std::invalid_argument(std::string("attend::") + fn_ + ": " + arg + ": " + what);
   }
+  // (Checks on the hot path test first and build their message only on failure.)
   void require(bool ok, const std::string& arg, const std::string& what) const {
     if (!ok) fail(arg, what);
   }
@@ -86,16 +87,15 @@ class Checker {
   template <class T>
   void matrix(const std::string& arg, const MatrixView<T>& m, index_t rows, index_t cols) const {
     const std::array<index_t, 2> got{m.rows, m.cols}, want{rows, cols};
-    require(m.rows >= 0 && m.cols >= 0, arg, "negative extent in shape " + shape_string(got));
+    if (m.rows < 0 || m.cols < 0) fail(arg, "negative extent in shape " + shape_string(got));
     for (std::size_t i = 0; i < 2; ++i)
       if (want[i] != any && got[i] != want[i])
         fail(arg, "expected shape " + shape_string(want) + ", got " + shape_string(got));
-    if (m.rows > 1)
-      require(m.stride >= m.cols, arg,
-              "row stride " + std::to_string(m.stride) + " is smaller than a row of " +
-                  std::to_string(m.cols) + " elements");
-    require(m.data != nullptr || m.rows == 0 || m.cols == 0, arg,
-            "null data for shape " + shape_string(got));
+    if (m.rows > 1 && m.stride < m.cols)
+      fail(arg, "row stride " + std::to_string(m.stride) + " is smaller than a row of " +
+                    std::to_string(m.cols) + " elements");
+    if (m.data == nullptr && m.rows > 0 && m.cols > 0)
+      fail(arg, "null data for shape " + shape_string(got));
   }
 
   // A tensor of the expected shape with non-negative strides and rows at least `dim`
@@ -104,18 +104,18 @@ class Checker {
   void tensor(const std::string& arg, const TensorView<T>& t,
               const std::array<index_t, 4>& want) const {
     const std::array<index_t, 4> got{t.batch, t.heads, t.seq, t.dim};
-    for (index_t e : got) require(e >= 0, arg, "negative extent in shape " + shape_string(got));
+    for (index_t e : got)
+      if (e < 0) fail(arg, "negative extent in shape " + shape_string(got));
     for (std::size_t i = 0; i < 4; ++i)
       if (want[i] != any && got[i] != want[i])
         fail(arg, "expected shape " + shape_string(want) + ", got " + shape_string(got));
     const bool has_elements = t.batch && t.heads && t.seq && t.dim;
     if (!has_elements) return;  // the strides of an empty view address nothing
-    require(t.batch_stride >= 0 && t.head_stride >= 0 && t.seq_stride >= 0, arg, "negative stride");
-    if (t.seq > 1)
-      require(t.seq_stride >= t.dim, arg,
-              "seq stride " + std::to_string(t.seq_stride) + " is smaller than a row of " +
-                  std::to_string(t.dim) + " elements");
-    require(t.data != nullptr, arg, "null data for shape " + shape_string(got));
+    if (t.batch_stride < 0 || t.head_stride < 0 || t.seq_stride < 0) fail(arg, "negative stride");
+    if (t.seq > 1 && t.seq_stride < t.dim)
+      fail(arg, "seq stride " + std::to_string(t.seq_stride) + " is smaller than a row of " +
+                    std::to_string(t.dim) + " elements");
+    if (t.data == nullptr) fail(arg, "null data for shape " + shape_string(got));
   }
 
   // An output must not write any element twice: sorted by stride, each dimension's stride
@@ -129,8 +129,8 @@ class Checker {
     index_t span = t.dim;  // elements covered by the dimensions already placed
     for (const auto& [stride, extent] : dims) {
       if (extent <= 1) continue;
-      require(stride >= span, arg,
-              "strides make elements overlap (an output needs distinct elements)");
+      if (stride < span)
+        fail(arg, "strides make elements overlap (an output needs distinct elements)");
       span = stride * (extent - 1) + span;
     }
   }

@@ -69,7 +69,8 @@ struct Vec {
 
   // 2^x, as avx512.hpp's: 2^f from the same polynomial, times 2^n built in the exponent
   // bits in two halves (2^(n/2) and 2^(n - n/2), each a normal float for |n| <= 128).
-  // Below 2^-126 flushes to 0, x >= 128 gives +inf, a NaN stays NaN.
+  // Below 2^-126 flushes to 0, x >= 128 gives +inf, a NaN stays NaN. Max error 1 ulp on
+  // [-126, 0], measured by tests/test_simd_math.cpp (0.952 ulp, as avx512.hpp's).
   static V exp2(V x) {
     const V clamped =
         _mm256_min_ps(_mm256_set1_ps(128.0f), _mm256_max_ps(_mm256_set1_ps(-126.0f), x));

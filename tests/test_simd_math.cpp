@@ -1,0 +1,183 @@
+// The vector math of the SIMD paths (detail/simd/avx512.hpp, avx2.hpp) on every path this
+// CPU runs: Vec::exp2's error in ulp over the softmax's arguments [-126, 0], pinned so that
+// a less accurate exp2 fails, and its special values.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstddef>
+#include <cstdint>
+#include <cstdio>
+#include <cstring>
+#include <limits>
+#include <random>
+#include <vector>
+
+#include "attend/isa.hpp"
+
+#if ATTEND_X86_64
+#include "attend/detail/simd/avx2.hpp"
+#include "attend/detail/simd/avx512.hpp"
+
+// y[k] = Vec::exp2(x[k]) for k in [0, n), compiled in each path's target region: called only
+// where the CPU runs that path.
+namespace avx512_math {
+ATTEND_BEGIN_TARGET_AVX512
+void exp2(const float* x, float* y, std::size_t n) {
+  using Vec = attend::detail::avx512::Vec;
+  std::size_t k = 0;
+  for (; k + Vec::lanes <= n; k += Vec::lanes) Vec::store(y + k, Vec::exp2(Vec::load(x + k)));
+  if (k < n) Vec::store(y + k, Vec::exp2(Vec::load(x + k, int(n - k))), int(n - k));
+}
+ATTEND_END_TARGET
+}  // namespace avx512_math
+
+namespace avx2_math {
+ATTEND_BEGIN_TARGET_AVX2
+void exp2(const float* x, float* y, std::size_t n) {
+  using Vec = attend::detail::avx2::Vec;
+  std::size_t k = 0;
+  for (; k + Vec::lanes <= n; k += Vec::lanes) Vec::store(y + k, Vec::exp2(Vec::load(x + k)));
+  if (k < n) Vec::store(y + k, Vec::exp2(Vec::load(x + k, int(n - k))), int(n - k));
+}
+ATTEND_END_TARGET
+}  // namespace avx2_math
+#endif
+
+namespace {
+
+using attend::Isa;
+
+constexpr float kInf = std::numeric_limits<float>::infinity();
+
+// The bound the comments of Vec::exp2 state: the maximum error on [-126, 0], rounded up.
+// An exhaustive sweep of every float in [-1, 0] (which yields every reduced argument f that
+// [-126, 0] does, see below) measured 0.9516 ulp on both paths, at x = -0.49600968.
+constexpr double kExp2MaxUlp = 1.0;
+
+struct Path {
+  Isa isa;
+  void (*exp2)(const float* x, float* y, std::size_t n);
+};
+
+// The SIMD paths this CPU runs.
+std::vector<Path> simd_paths() {
+  std::vector<Path> paths;
+#if ATTEND_X86_64
+  if (attend::supported(Isa::avx2)) paths.push_back({Isa::avx2, avx2_math::exp2});
+  if (attend::supported(Isa::avx512)) paths.push_back({Isa::avx512, avx512_math::exp2});
+#endif
+  return paths;
+}
+
+std::vector<float> exp2_of(const Path& path, const std::vector<float>& x) {
+  std::vector<float> y(x.size());
+  path.exp2(x.data(), y.data(), x.size());
+  return y;
+}
+
+// |y - 2^x| in units of the last place of a float at 2^x (the spacing of floats in 2^x's
+// binade). 2^x in double is within 2^-29 of those units.
+double ulp_error(float x, float y) {
+  const double exact = std::exp2(double(x));
+  int e = 0;
+  std::frexp(exact, &e);  // exact in [2^(e-1), 2^e)
+  return std::fabs(double(y) - exact) / std::ldexp(1.0, e - std::numeric_limits<float>::digits);
+}
+
+// Arguments of the softmax's exp2: [-126, 0], below which results flush to zero. exp2
+// splits x = n + f exactly (n an integer, |f| <= 1/2) and scales 2^f by 2^n exactly while
+// the result is a normal float, so the error in ulp depends on f alone. The sample covers
+// every n and f on a grid, every f within 0.01 of +-1/2 (where the error peaks), and random floats:
+// uniform ones, and ones uniform in their bits, which reach the tiny |f| of arguments near 0.
+std::vector<float> exp2_sample() {
+  std::vector<float> x;
+  for (std::int32_t k = -126 * 4096; k <= 0; ++k) x.push_back(std::ldexp(float(k), -12));
+  for (float v = -0.51f; v <= -0.49f; v = std::nextafter(v, 0.0f)) x.push_back(v);
+  std::mt19937 gen(2024);
+  std::uniform_real_distribution<float> uniform(-126.0f, 0.0f);
+  for (int k = 0; k < (1 << 21); ++k) x.push_back(uniform(gen));
+  std::uniform_int_distribution<std::uint32_t> bits(0x80000000u, 0xBF000000u);  // -0 .. -1/2
+  for (int k = 0; k < (1 << 20); ++k) {
+    const std::uint32_t b = bits(gen);
+    float v;
+    std::memcpy(&v, &b, sizeof v);
+    x.push_back(v);
+  }
+  return x;
+}
+
+class SimdMath : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    if (simd_paths().empty()) GTEST_SKIP() << "this CPU runs no SIMD path";
+  }
+};
+
+TEST_F(SimdMath, Exp2IsWithinItsStatedUlpBoundOnTheSoftmaxRange) {
+  const std::vector<float> x = exp2_sample();
+  for (const Path& path : simd_paths()) {
+    SCOPED_TRACE(attend::name(path.isa));
+    const std::vector<float> y = exp2_of(path, x);
+    double worst = 0;
+    float worst_x = 0;
+    std::size_t not_numbers = 0;
+    for (std::size_t k = 0; k < x.size(); ++k) {
+      const double err = ulp_error(x[k], y[k]);
+      if (std::isnan(err)) ++not_numbers;
+      if (err > worst) worst = err, worst_x = x[k];
+    }
+    std::printf("[ measured ] %s Vec::exp2: max error %.4f ulp at x = %.9g over %zu arguments\n",
+                attend::name(path.isa), worst, double(worst_x), x.size());
+    EXPECT_EQ(not_numbers, 0u);
+    EXPECT_LE(worst, kExp2MaxUlp) << "at x = " << worst_x;
+  }
+}
+
+TEST_F(SimdMath, Exp2SpecialValues) {
+  const float nan = std::numeric_limits<float>::quiet_NaN();
+  const float max = std::numeric_limits<float>::max();
+  const float lowest = std::numeric_limits<float>::lowest();
+  struct Case {
+    float x, expected;
+  };
+  std::vector<Case> cases = {
+      {-kInf, 0.0f},
+      {0.0f, 1.0f},
+      {-0.0f, 1.0f},
+      // Below 2^-126 every result flushes to +0: the softmax never multiplies denormals.
+      {std::nextafter(-126.0f, -kInf), 0.0f},
+      {-126.5f, 0.0f},
+      {-127.0f, 0.0f},
+      {-149.0f, 0.0f},
+      {-1e4f, 0.0f},
+      {lowest, 0.0f},
+      {-126.0f, std::numeric_limits<float>::min()},
+      {128.0f, kInf},
+      {128.5f, kInf},
+      {1e4f, kInf},
+      {max, kInf},
+      {kInf, kInf},
+  };
+  // Integers give their power of two exactly (f = 0, and the polynomial is 1 at 0).
+  for (int n = -126; n <= 127; ++n) cases.push_back({float(n), std::ldexp(1.0f, n)});
+
+  for (const Path& path : simd_paths()) {
+    SCOPED_TRACE(attend::name(path.isa));
+    std::vector<float> x;
+    for (const Case& c : cases) x.push_back(c.x);
+    x.push_back(nan);
+    x.push_back(-nan);
+    const std::vector<float> y = exp2_of(path, x);
+    for (std::size_t k = 0; k < cases.size(); ++k) {
+      EXPECT_EQ(y[k], cases[k].expected) << "exp2(" << cases[k].x << ")";
+      EXPECT_FALSE(std::signbit(y[k])) << "exp2(" << cases[k].x << ")";
+    }
+    EXPECT_TRUE(std::isnan(y[cases.size()]));
+    EXPECT_TRUE(std::isnan(y[cases.size() + 1]));
+    // Just below 128 the result is the largest binade's, finite.
+    const std::vector<float> top = exp2_of(path, {127.99f, std::nextafter(128.0f, 0.0f)});
+    for (std::size_t k = 0; k < top.size(); ++k) EXPECT_TRUE(std::isfinite(top[k])) << k;
+  }
+}
+
+}  // namespace
