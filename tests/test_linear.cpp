@@ -11,7 +11,10 @@
 #include <gtest/gtest.h>
 
 #include <Eigen/Core>
+#include <cmath>
 #include <cstdint>
+#include <limits>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -428,6 +431,120 @@ TYPED_TEST(Linear, ProjectionsRefuseEveryInvalidArgumentWithoutWriting) {
   EXPECT_TRUE(output_refused("y", "overlaps o", q.in(), wo.in(), bo, y_on_o));
   const MatrixView<T> y_on_w{wo.storage.data(), B * S, E, wo.view.stride};
   EXPECT_TRUE(output_refused("y", "overlaps w", q.in(), wo.in(), bo, y_on_w));
+}
+
+// ---- Every instruction-set path, forced through the Context --------------------------------
+//
+// The SIMD paths cut a product into register tiles (6 rows by 64 or 16 columns), tasks
+// (1536 rows by 256 columns) and passes over k (at most 4096 deep): see
+// detail/simd/gemm-inl.hpp. These tests force each path this CPU runs and aim at those
+// boundaries. Every SIMD path computes each element as the same chain of fused
+// multiply-adds in the order of k, so the SIMD paths must also agree bit for bit.
+
+// Runs linear on `isa` into a fresh buffer with `executor`, or the calling thread alone.
+struct PathRun {
+  MatrixBuffer<float> y;
+  PathRun(attend::Isa isa, MatrixView<const float> x, MatrixView<const float> w,
+          const std::vector<float>& bias, WeightLayout layout, index_t n,
+          const attend::Executor* executor = nullptr)
+      : y(x.rows, n) {
+    attend::Context ctx;
+    ctx.isa = isa;
+    ctx.executor = executor;
+    attend::linear<float>(x, w, bias, y.view, layout, ctx);
+  }
+};
+
+bool is_simd(attend::Isa isa) {
+  return isa == attend::Isa::avx2 || isa == attend::Isa::avx512;
+}
+
+// Each product on every path against the oracle; the SIMD paths' bits against each other.
+void expect_every_path_matches(const std::vector<Size>& shapes, std::uint32_t seed) {
+  for (std::size_t s = 0; s < shapes.size(); ++s)
+    for (WeightLayout layout : {WeightLayout::out_in, WeightLayout::in_out}) {
+      const Size& sz = shapes[s];
+      const bool out_in = layout == WeightLayout::out_in, with_bias = s % 2 == 0;
+      SCOPED_TRACE("M " + std::to_string(sz.m) + ", N " + std::to_string(sz.n) + ", K " +
+                   std::to_string(sz.k) + (out_in ? ", out_in" : ", in_out") +
+                   (with_bias ? ", bias" : ""));
+      MatrixBuffer<float> x(sz.m, sz.k), w(out_in ? sz.n : sz.k, out_in ? sz.k : sz.n);
+      x.fill_random(seed++);
+      w.fill_random(seed++);
+      const std::vector<float> bias =
+          with_bias ? random_vector<float>(sz.n, seed++) : std::vector<float>{};
+      const ref::Matrix w_out_in = out_in ? ref::load(w.in()) : ref::transpose(ref::load(w.in()));
+      const ref::Product r = ref::linear(ref::load(x.in()), w_out_in, widen(bias));
+      const std::vector<float>* simd_bits = nullptr;
+      std::vector<std::unique_ptr<PathRun>> runs;
+      for (attend::Isa isa : attend::supported_isas()) {
+        SCOPED_TRACE(attend::name(isa));
+        runs.push_back(std::make_unique<PathRun>(isa, x.in(), w.in(), bias, layout, sz.n));
+        const MatrixBuffer<float>& y = runs.back()->y;
+        EXPECT_TRUE(within(y.in(), r, 2));
+        EXPECT_TRUE(y.canaries_intact());
+        if (!is_simd(isa)) continue;
+        if (simd_bits)
+          EXPECT_TRUE(testing_support::same_bits(*simd_bits, y.storage)) << "differs from avx2";
+        else
+          simd_bits = &y.storage;
+      }
+    }
+}
+
+TEST(LinearPaths, EveryPathMatchesTheOracleAroundTheRegisterTiles) {
+  // Each extent over the list while the other two stay put, and all three together.
+  std::vector<Size> shapes;
+  for (index_t e : {1, 7, 15, 16, 17, 31, 33, 63, 65, 129, 200}) {
+    shapes.push_back({e, 65, 33});
+    shapes.push_back({17, e, 129});
+    shapes.push_back({63, 31, e});
+    shapes.push_back({e, e, e});
+  }
+  expect_every_path_matches(shapes, 100);
+}
+
+TEST(LinearPaths, LargeAndDeepProductsMatchTheOracleOnEveryPath) {
+  // Several tasks of columns; K deeper than one pass (two and three passes); few rows of x
+  // with a weight too wide to be read in place (in_out: over 1 MiB of rows per pass).
+  expect_every_path_matches({{300, 257, 520}, {7, 33, 4100}, {13, 70, 8193}, {5, 300, 1000}}, 200);
+}
+
+TEST(LinearPaths, ResultsDoNotDependOnTheThreadCount) {
+  // 1600 x 600: two blocks of rows by three of columns, and tails in both.
+  constexpr index_t M = 1600, N = 600, K = 40;
+  const attend::ThreadPool one(1), two(2), three(3);
+  for (WeightLayout layout : {WeightLayout::out_in, WeightLayout::in_out}) {
+    const bool out_in = layout == WeightLayout::out_in;
+    MatrixBuffer<float> x(M, K), w(out_in ? N : K, out_in ? K : N);
+    x.fill_random(1);
+    w.fill_random(2);
+    const std::vector<float> bias = random_vector<float>(N, 3);
+    for (attend::Isa isa : attend::supported_isas()) {
+      SCOPED_TRACE(std::string(attend::name(isa)) + (out_in ? ", out_in" : ", in_out"));
+      const PathRun serial(isa, x.in(), w.in(), bias, layout, N);
+      for (const attend::ThreadPool* pool : {&one, &two, &three}) {
+        const PathRun threaded(isa, x.in(), w.in(), bias, layout, N, pool);
+        EXPECT_TRUE(testing_support::same_bits(serial.y.storage, threaded.y.storage))
+            << pool->concurrency() << " threads";
+      }
+    }
+  }
+}
+
+TEST(LinearPaths, NanInOneRowOfXReachesOnlyThatRowOfY) {
+  constexpr index_t M = 13, N = 70, K = 20, bad_row = 7;
+  MatrixBuffer<float> x(M, K), w(N, K);
+  x.fill_random(1);
+  w.fill_random(2);
+  x.view(bad_row, 11) = std::numeric_limits<float>::quiet_NaN();
+  for (attend::Isa isa : attend::supported_isas()) {
+    SCOPED_TRACE(attend::name(isa));
+    const PathRun run(isa, x.in(), w.in(), {}, WeightLayout::out_in, N);
+    for (index_t i = 0; i < M; ++i)
+      for (index_t j = 0; j < N; ++j)
+        ASSERT_EQ(std::isnan(run.y.view(i, j)), i == bad_row) << "at [" << i << ", " << j << "]";
+  }
 }
 
 }  // namespace

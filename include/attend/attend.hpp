@@ -4,6 +4,7 @@
 //   view.hpp       MatrixView, TensorView, Span: non-owning views of your buffers
 //   options.hpp    ScoreOptions, AttentionOptions: masks, bias, ALiBi, softcap, sinks
 //   linear.hpp     linear, project_heads, project_qkv, project_output
+//   packed.hpp     PackedWeight: a weight of linear() packed once, reused by every call
 //   scores.hpp     scores: S = scale * Q K^T
 //   softmax.hpp    softmax: plain and masked, in place or not, with log-sum-exp
 //   merge.hpp      merge_values: O = P V
@@ -24,6 +25,7 @@
 #include "attend/merge.hpp"
 #include "attend/mha.hpp"
 #include "attend/options.hpp"
+#include "attend/packed.hpp"
 #include "attend/scores.hpp"
 #include "attend/softmax.hpp"
 #include "attend/view.hpp"

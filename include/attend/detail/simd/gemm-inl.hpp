@@ -2,11 +2,423 @@
 // lambdas here: this file is included inside each path's target region and namespace,
 // which provides `Vec`.
 //
-// Placeholder until the packed micro-kernel lands: forwards to the portable loops.
+//   c [M, N] = alpha * a [M, K] * op(b) + bias [N]   (+ c when accumulating)
+//
+// with op(b) = b^T for b stored [N, K] (b_transposed) or b for b stored [K, N], as
+// detail/portable/gemm.hpp defines it. The method is BLIS's (Goto and van de Geijn,
+// "Anatomy of high-performance matrix multiplication", TOMS 2008; Van Zee and van de Geijn,
+// "BLIS", TOMS 2015): op(b) is copied ("packed") panel by panel, kNR columns wide, into a
+// buffer laid out in the order the micro-kernel reads it, and the micro-kernel keeps a
+// kMR x kNR tile of c in registers while it runs down k, broadcasting values of a and
+// loading vectors of the panel. a is read in place, never packed, and so is a b stored
+// [K, N] that few rows reuse: small products (the per-head products of attention) pay
+// for little beyond their arithmetic.
+//
+// Reproducibility. Every element of c is computed as
+//   acc = 0;  for k = 0, 1, ..., K-1: acc = fma(a[i, k], op(b)[k, j], acc);
+//   c[i, j] = alpha * acc + bias[j] (+ c[i, j])
+// one chain of fused multiply-adds in the natural order, whatever the tiling, the packing,
+// the split into tasks or the number of threads (between two passes over k the partial sum
+// waits in c, stored and reloaded exactly). So every partition of the work gives the same
+// bits, a PackedWeight gives the bits of its unpacked weight, and the SIMD paths agree.
 
+namespace mm {
+
+// ---- Register tile ----------------------------------------------------------------------
+//
+// The micro-kernel holds kMR rows x kNV vectors of c. Per step of k it loads kNV vectors of
+// the panel and broadcasts kMR values of a: kMR * kNV FMAs for kNV + kMR loads.
+//   AVX-512 (32 zmm): 6 x 4 vectors = 6 x 64. 24 accumulators + 4 vectors of b + 1
+//     broadcast = 29 registers. 24 independent chains: the 2 FMA ports with their 4-cycle
+//     latency need 8. 10 loads per 24 FMAs (12 cycles) leave the 2 load ports half idle.
+//     Measured as fast as 8 x 48 and 5-10% faster than 12 x 32 and 14 x 32 (6 x 64 reads
+//     the most of b per step, but from the panel in L2, which keeps up).
+//   AVX2 (16 ymm): 6 x 2 vectors = 6 x 16 (BLIS's Haswell tile). 12 + 2 + 1 = 15
+//     registers, 12 chains, 8 loads per 12 FMAs.
+// Six rows also leave enough general registers to read a in place through six row
+// pointers, as fast as from a packed copy (measured), so a is never packed but for a last
+// panel of fewer than kMR rows.
+constexpr int kMR = 6;
+constexpr index_t kMRows = kMR;  // the same, for index arithmetic
+constexpr int kNV = Vec::lanes == 16 ? 4 : 2;
+constexpr index_t kNR = index_t(kNV) * Vec::lanes;
+
+// ---- Cache blocks -----------------------------------------------------------------------
+//
+// For each task (a block of rows by a block of columns of c) and each pass over k:
+//   for each panel of op(b):           pack it (kc x kNR floats, then hot in L2)
+//     for each kMR rows of the task:   one micro-kernel call; those rows of a stream in
+// kKC, the deepest pass. Between passes the partial sums go to c and come back, and on this
+//   CPU (Sapphire Rapids: L1d 48 KiB, L2 2 MiB per core) that traffic costs more than
+//   reading the panel from L2 rather than L1. So passes are as deep as a panel that fills
+//   half of L2: 4096 x 64 floats, 1 MiB. Measured on AVX-512 (one thread, against OpenBLAS
+//   in the same run): K = 8192 in one pass of 2 MiB panels ran at 0.68x, in two passes of
+//   4096 at 1.07x, in four of 2048 at 1.05x; 4096^3 at 1.02x with 4096, 1.00x with 2048,
+//   0.98x with 1536; passes of 256-512 (panels in L1) cost 5-10% more. AVX2's panels are
+//   a quarter as wide; deeper passes measured no faster there. K is cut into equal passes.
+// kTaskRows x kTaskCols, the tasks. A task packs each of its panels once per pass, so op(b)
+//   is packed once per block of kTaskRows rows; 256 columns make 4 (AVX-512) or 16 (AVX2)
+//   panels, small enough to share a product between threads. The sizes are fixed, never
+//   derived from the thread count (and, by the rule above, could not change the result).
+constexpr index_t kKC = 4096;
+constexpr index_t kTaskRows = 1536;
+constexpr index_t kTaskCols = 256;
+static_assert(kTaskCols % kNR == 0, "tasks start on panel boundaries");
+// A b stored [K, N] is read in place, its rows being already vectors of the panel, when
+// at most kInPlaceRows rows of c reuse each panel and a pass spans at most kInPlaceBytes
+// of b (kc rows, b.stride apart), which then stay in L2 from one tile to the next (16 x
+// 512 x 512 ran 1.2 times faster in place than packed). A wider span comes from memory
+// for every tile, a row per page when rows are 4 KiB apart, and is better packed once (16
+// x 6144 x 2048 ran 1.7 times faster packed).
+constexpr index_t kInPlaceRows = 4 * kMRows;
+constexpr index_t kInPlaceBytes = index_t(1) << 20;
+// A panel that comes from memory (pre-packed, or b read in place) rather than from the
+// packing just done is first read by the first tile of rows, which asks for the panel's
+// row kStreamSteps steps ahead at every step: a few KiB in flight, which the hardware
+// prefetchers alone do not reach (with M = 1 to 16, where reading b is all the time,
+// pre-packed weights ran 15% slower than packing on the fly without it, 15% faster with).
+constexpr index_t kStreamSteps = 32;
+
+// ---- Micro-kernel -----------------------------------------------------------------------
+
+// What the last pass adds to alpha * acc: bias [N] or nullptr, and c itself if accumulating.
+struct Epilogue {
+  float alpha;
+  const float* bias;
+  bool accumulate;
+};
+
+// One call of the micro-kernel: c [rows, cols] (+)= a [kMR, kc] . b [kc, NV * lanes].
+struct Tile {
+  index_t kc;
+  const float* a;  // in place: a(r, p) = a[r * lda + p]; packed: a(r, p) = a[p * kMR + r]
+  index_t lda;
+  const float* b;  // b(p, j) = b[p * ldb + j] for all j < NV * lanes
+  index_t ldb;
+  float* c;  // the tile's first element; rows <= kMR and cols <= NV * lanes are written
+  index_t ldc;
+  int rows, cols;
+  const float* bias;  // bias of the tile's first column, or nullptr
+  bool first;         // acc starts at 0, else at the partial sums c holds
+  bool last;          // c receives the epilogue, else the partial sums
+};
+
+// Vector v of the tile covers columns [v * lanes, v * lanes + lanes_in(t, v)).
+inline int lanes_in(const Tile& t, int v) {
+  return std::min(t.cols - v * Vec::lanes, Vec::lanes);
+}
+
+// The micro-kernel: a [kMR, kc] (in place or packed) times a panel b [kc, NV * lanes] into
+// kMR x NV accumulators, which start from 0 or from c and end in c. kStreamB: b comes from
+// memory, so ask for it kStreamSteps ahead.
+template <int NV, bool kPackedA, bool kStreamB>
+void multiply_tile(const Tile& t, const Epilogue& e) {
+  using V = typename Vec::V;
+  constexpr int L = Vec::lanes;
+  V acc[kMR][NV];
+#pragma GCC unroll 16
+  for (int r = 0; r < kMR; ++r)
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; ++v)
+      acc[r][v] =
+          t.first || r >= t.rows ? Vec::zero() : Vec::load(t.c + r * t.ldc + v * L, lanes_in(t, v));
+
+  const float* a = t.a;
+  const float* b = t.b;
+  for (index_t p = 0; p < t.kc; ++p) {
+    V bv[NV];
+    if constexpr (kStreamB) {
+      if (p + kStreamSteps < t.kc)
+        for (int j = 0; j < NV * L; j += 64 / int(sizeof(float)))
+          __builtin_prefetch(b + kStreamSteps * t.ldb + j);
+    }
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; ++v) bv[v] = Vec::load(b + v * L);
+#pragma GCC unroll 16
+    for (int r = 0; r < kMR; ++r) {
+      const V ar = Vec::set1(kPackedA ? a[r] : a[r * t.lda]);
+#pragma GCC unroll 4
+      for (int v = 0; v < NV; ++v) acc[r][v] = Vec::fmadd(ar, bv[v], acc[r][v]);
+    }
+    a += kPackedA ? kMR : 1;
+    b += t.ldb;
+  }
+
+  const V alpha = Vec::set1(e.alpha);
+#pragma GCC unroll 16
+  for (int r = 0; r < kMR; ++r) {
+    if (r >= t.rows) break;
+    float* cr = t.c + r * t.ldc;
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; ++v) {
+      const int n = lanes_in(t, v);
+      V x = acc[r][v];
+      if (t.last) {  // the reference's order: alpha * sum, + bias, + c
+        x = Vec::mul(alpha, x);
+        if (t.bias) x = Vec::add(x, Vec::load(t.bias + v * L, n));
+        if (e.accumulate) x = Vec::add(x, Vec::load(cr + v * L, n));
+      }
+      if (n == L)
+        Vec::store(cr + v * L, x);
+      else
+        Vec::store(cr + v * L, x, n);
+    }
+  }
+}
+
+// The micro-kernel for a panel of nv vectors (1 <= nv <= kNV).
+template <bool kPackedA, int NV = kNV>
+void run_tile(int nv, bool stream_b, const Tile& t, const Epilogue& e) {
+  if constexpr (NV > 1)
+    if (nv < NV) return run_tile<kPackedA, NV - 1>(nv, stream_b, t, e);
+  if (stream_b)
+    multiply_tile<NV, kPackedA, true>(t, e);
+  else
+    multiply_tile<NV, kPackedA, false>(t, e);
+}
+
+// ---- Packing ----------------------------------------------------------------------------
+
+// The last rows of a, fewer than kMR, from src (row stride ld), k in [0, kc), as one packed
+// panel: dst[p * kMR + r] = src[r * ld + p], and 0 for rows <= r < kMR.
+inline void pack_a_panel(const float* src, index_t ld, index_t rows, index_t kc, float* dst) {
+  for (index_t p = 0; p < kc; ++p)
+    for (index_t r = 0; r < kMRows; ++r) dst[p * kMR + r] = r < rows ? src[r * ld + p] : 0.0f;
+}
+
+// dst[p * ldd + r] = src[r * ld + p] for r, p < 8: an 8 x 8 transposition in ymm registers,
+// with AVX instructions, which both paths have. Rows r and r + 4 share a register (a
+// 128-bit half each), so two rounds of in-lane shuffles finish the job.
+inline void transpose_8x8(const float* src, index_t ld, float* dst, index_t ldd) {
+  for (int half = 0; half < 8; half += 4) {  // columns [half, half + 4) of src
+    __m256 t[4];
+    for (int r = 0; r < 4; ++r)
+      t[r] = _mm256_insertf128_ps(_mm256_castps128_ps256(_mm_loadu_ps(src + r * ld + half)),
+                                  _mm_loadu_ps(src + (r + 4) * ld + half), 1);
+    const __m256 u0 = _mm256_unpacklo_ps(t[0], t[1]), u1 = _mm256_unpackhi_ps(t[0], t[1]);
+    const __m256 u2 = _mm256_unpacklo_ps(t[2], t[3]), u3 = _mm256_unpackhi_ps(t[2], t[3]);
+    _mm256_storeu_ps(dst + (half + 0) * ldd, _mm256_shuffle_ps(u0, u2, 0x44));
+    _mm256_storeu_ps(dst + (half + 1) * ldd, _mm256_shuffle_ps(u0, u2, 0xee));
+    _mm256_storeu_ps(dst + (half + 2) * ldd, _mm256_shuffle_ps(u1, u3, 0x44));
+    _mm256_storeu_ps(dst + (half + 3) * ldd, _mm256_shuffle_ps(u1, u3, 0xee));
+  }
+}
+
+// The columns of op(b) in the panel that starts at column j, and the floats per row of its
+// buffer: kNR, or at the end of b fewer columns, rounded up to whole vectors and padded
+// with zeros.
+inline index_t panel_cols(index_t n, index_t j) {
+  return std::min(kNR, n - j);
+}
+inline index_t panel_width(index_t cols) {
+  return (cols + Vec::lanes - 1) / Vec::lanes * Vec::lanes;
+}
+
+// One panel from b stored [N, K]: dst[p * width + j] = b[j, p] for the panel's `cols` rows
+// of b and k in [0, kc); width = panel_width(cols). The panel is written 32 steps of k at a
+// time, 8 KiB that stay in L1 while every group of 8 rows of b adds its columns: column
+// group by column group, each line of the panel would come back from L2 8 times; 8 steps
+// at a time, the 64 rows read at once, kc floats apart, could share one set of L1.
+inline void pack_b_transposed(const float* src, index_t ld, index_t cols, index_t kc, float* dst) {
+  constexpr index_t chunk = 32;
+  const index_t width = panel_width(cols), cols8 = cols / 8 * 8, kc8 = kc / 8 * 8;
+  for (index_t p0 = 0; p0 < kc8; p0 += chunk)
+    for (index_t j = 0; j < cols8; j += 8)
+      for (index_t p = p0; p < std::min(p0 + chunk, kc8); p += 8)
+        transpose_8x8(src + j * ld + p, ld, dst + p * width + j, width);
+  for (index_t p = 0; p < kc; ++p) {  // the edges: the last kc % 8 steps, cols % 8 columns
+    for (index_t j = p < kc8 ? cols8 : 0; j < cols; ++j) dst[p * width + j] = src[j * ld + p];
+    for (index_t j = cols; j < width; ++j) dst[p * width + j] = 0.0f;
+  }
+}
+
+// One panel from b stored [K, N]: dst[p * width + j] = b[p, j] for k in [0, kc).
+inline void pack_b_rows(const float* src, index_t ld, index_t cols, index_t kc, float* dst) {
+  constexpr int L = Vec::lanes;
+  const index_t width = panel_width(cols);
+  for (index_t p = 0; p < kc; ++p)
+    for (index_t j = 0; j < width; j += L) {
+      const index_t n = std::min<index_t>(cols - j, L);
+      Vec::store(dst + p * width + j,
+                 n == L ? Vec::load(src + p * ld + j) : Vec::load(src + p * ld + j, int(n)));
+    }
+}
+
+// The panel of op(b) [k0, k0 + kc) x [j, j + cols), cols <= kNR.
+inline void pack_b_panel(MatrixView<const float> b, bool transposed, index_t k0, index_t kc,
+                         index_t j, index_t cols, float* dst) {
+  if (transposed)
+    pack_b_transposed(b.row(j) + k0, b.stride, cols, kc, dst);
+  else
+    pack_b_rows(b.row(k0) + j, b.stride, cols, kc, dst);
+}
+
+// Per-thread packing buffers, grown as needed and kept for the next call.
+struct Scratch {
+  std::vector<float> a, b;
+};
+inline Scratch& scratch() {
+  thread_local Scratch s;
+  return s;
+}
+// n floats of v, 64-byte aligned so that no full-vector load splits a cache line.
+inline float* grow(std::vector<float>& v, index_t n) {
+  constexpr index_t align = 64 / sizeof(float);
+  if (v.size() < std::size_t(n + align)) v.resize(std::size_t(n + align));
+  const auto address = reinterpret_cast<std::uintptr_t>(v.data());
+  return v.data() + (align - index_t(address / sizeof(float) % align)) % align;
+}
+
+// ---- The loop nest ----------------------------------------------------------------------
+
+struct Problem {
+  MatrixView<const float> a;  // [M, K]
+  MatrixView<const float> b;  // [N, K] if b_transposed, else [K, N]
+  bool b_transposed;
+  // Or op(b) pre-packed (a PackedWeight; b then unused): the panel of columns [j, j + kNR)
+  // holds all K steps, at packed_b + j * K (see pack_weight).
+  bool prepacked;
+  const float* packed_b;
+  Epilogue epilogue;
+  MatrixView<float> c;  // [M, N]
+  index_t depth;        // of one pass over k (see pass_depth)
+};
+
+// One task: c [i0, i1) x [j0, j1), j0 a multiple of kNR.
+inline void run_task(const Problem& pr, index_t i0, index_t i1, index_t j0, index_t j1) {
+  const index_t k = pr.a.cols, n = pr.c.cols, rows = i1 - i0;
+  const index_t full_rows = rows / kMRows * kMRows;
+  const bool in_place_b =
+      !pr.prepacked && !pr.b_transposed && rows <= kInPlaceRows &&
+      std::min(k, pr.depth) * pr.b.stride * index_t(sizeof(float)) <= kInPlaceBytes;
+  Scratch& s = scratch();
+
+  for (index_t k0 = 0;; k0 += pr.depth) {
+    const index_t kc = std::min(pr.depth, k - k0);
+    const bool first = k0 == 0, last = k0 + kc >= k;
+    // With K = 0 the tiles read neither a nor b (which may then have no data at all).
+    float* a_tail = grow(s.a, kMRows * kc);
+    if (full_rows < rows && kc > 0)
+      pack_a_panel(pr.a.row(i0 + full_rows) + k0, pr.a.stride, rows - full_rows, kc, a_tail);
+    float* panel = grow(s.b, kc * kNR);
+
+    for (index_t j = j0; j < j1; j += kNR) {
+      const index_t cols = panel_cols(n, j), width = panel_width(cols);
+      Tile t{};
+      t.kc = kc;
+      bool stream_b = pr.prepacked;  // b comes from memory rather than from a fresh panel
+      if (kc == 0) {
+        t.b = nullptr;
+      } else if (pr.prepacked) {
+        t.b = pr.packed_b + j * k + k0 * width, t.ldb = width;
+      } else if (in_place_b && cols == width) {
+        t.b = pr.b.row(k0) + j, t.ldb = pr.b.stride;
+        stream_b = true;
+      } else {  // packed here, and so a panel read in place never ends inside a vector
+        pack_b_panel(pr.b, pr.b_transposed, k0, kc, j, cols, panel);
+        t.b = panel, t.ldb = width;
+      }
+      t.ldc = pr.c.stride;
+      t.cols = int(cols);
+      t.bias = pr.epilogue.bias ? pr.epilogue.bias + j : nullptr;
+      t.first = first;
+      t.last = last;
+      const int nv = int(width / Vec::lanes);
+
+      for (index_t r = 0; r < rows; r += kMRows) {
+        t.c = pr.c.row(i0 + r) + j;
+        if (r < full_rows) {
+          t.rows = kMR;
+          t.a = kc > 0 ? pr.a.row(i0 + r) + k0 : nullptr;
+          t.lda = pr.a.stride;
+          run_tile<false>(nv, stream_b && r == 0, t, pr.epilogue);
+        } else {
+          t.rows = int(rows - r);
+          t.a = a_tail;
+          run_tile<true>(nv, stream_b && r == 0, t, pr.epilogue);
+        }
+      }
+    }
+    if (last) break;
+  }
+}
+
+// c cut into tasks of kTaskRows x kTaskCols.
+class Tasks {
+ public:
+  explicit Tasks(const Problem& pr)
+      : pr_(pr),
+        row_blocks_((pr.c.rows + kTaskRows - 1) / kTaskRows),
+        col_blocks_((pr.c.cols + kTaskCols - 1) / kTaskCols) {}
+  index_t count() const { return row_blocks_ * col_blocks_; }
+  void operator()(index_t task) const {
+    const index_t i0 = task / col_blocks_ * kTaskRows, j0 = task % col_blocks_ * kTaskCols;
+    run_task(pr_, i0, std::min(i0 + kTaskRows, pr_.c.rows), j0,
+             std::min(j0 + kTaskCols, pr_.c.cols));
+  }
+
+ private:
+  Problem pr_;
+  index_t row_blocks_, col_blocks_;
+};
+
+inline void run(const Problem& pr, const Executor& executor) {
+  if (pr.c.rows == 0 || pr.c.cols == 0) return;
+  const Tasks tasks(pr);
+  if (tasks.count() == 1 || executor.concurrency() == 1)
+    for (index_t t = 0; t < tasks.count(); ++t) tasks(t);
+  else
+    executor.parallel_for(tasks.count(), std::cref(tasks));
+}
+
+// The depth of each pass over k: K in equal passes of at most kKC steps, or all of K in
+// one pass when accumulating (c then holds the addend until the epilogue, so it cannot
+// hold partial sums; the accumulating products, project_output's per-head sums, are
+// shallow).
+inline index_t pass_depth(index_t k, bool accumulate) {
+  if (k == 0) return 1;
+  if (accumulate) return k;
+  const index_t passes = (k + kKC - 1) / kKC;
+  return (k + passes - 1) / passes;
+}
+
+}  // namespace mm
+
+// c = alpha * a * op(b) + bias (+ c); see the top of this file.
 inline void gemm(MatrixView<const float> a, MatrixView<const float> b, bool b_transposed,
                  float alpha, const float* bias, bool accumulate, MatrixView<float> c,
                  const Executor& executor) {
-  (void)executor;
-  portable::gemm<float>(a, b, b_transposed, alpha, bias, accumulate, c);
+  mm::Problem pr{};
+  pr.a = a, pr.b = b, pr.b_transposed = b_transposed;
+  pr.epilogue = {alpha, bias, accumulate};
+  pr.c = c, pr.depth = mm::pass_depth(a.cols, accumulate);
+  mm::run(pr, executor);
+}
+
+// ---- Pre-packed op(b) (attend/packed.hpp) -----------------------------------------------
+
+// Floats in the packed form of op(b) [K, N].
+inline index_t packed_size(index_t k, index_t n) {
+  const index_t full = n / mm::kNR;
+  return k * (full * mm::kNR + mm::panel_width(n - full * mm::kNR));
+}
+
+// Packs op(b) [K, N] (b stored [N, K] if transposed, else [K, N]) into dst, packed_size
+// floats: panel after panel of kNR columns, each holding all K steps.
+inline void pack_weight(MatrixView<const float> b, bool transposed, index_t k, index_t n,
+                        float* dst) {
+  if (k == 0) return;  // nothing to pack (and b may have no data)
+  for (index_t j = 0; j < n; j += mm::kNR)
+    mm::pack_b_panel(b, transposed, 0, k, j, mm::panel_cols(n, j), dst + j * k);
+}
+
+// gemm with op(b) [K, N] given by pack_weight; a [M, K], c [M, N].
+inline void gemm_packed(MatrixView<const float> a, const float* packed_b, float alpha,
+                        const float* bias, bool accumulate, MatrixView<float> c,
+                        const Executor& executor) {
+  mm::Problem pr{};
+  pr.a = a, pr.prepacked = true, pr.packed_b = packed_b;
+  pr.epilogue = {alpha, bias, accumulate};
+  pr.c = c, pr.depth = mm::pass_depth(a.cols, accumulate);
+  mm::run(pr, executor);
 }
