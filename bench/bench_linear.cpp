@@ -1,0 +1,80 @@
+// attend::linear, y [M, N] = x [M, K] . W^T with W [N, K] in nn.Linear layout, against one
+// Eigen GEMM on the same row-major data. PR1 is the fused QKV projection of a 32-head,
+// D = 128 model over 512 tokens: x [512, 2048], W [6144, 2048]. FLOPS 2 M N K.
+
+#include <attend/linear.hpp>
+
+#include <map>
+#include <memory>
+
+#include "eigen_baseline.hpp"
+#include "harness.hpp"
+#include "shapes.hpp"
+#include "tolerance.hpp"
+
+namespace attend_bench {
+namespace {
+
+struct LinearData {
+  std::vector<float> x;  // [M, K]
+  std::vector<float> w;  // [N, K]
+};
+
+const LinearData& linear_data(const GemmShape& g) {
+  static std::map<std::string, std::unique_ptr<LinearData>> cache;
+  std::unique_ptr<LinearData>& data = cache[g.name];
+  if (!data)
+    data.reset(new LinearData{uniform(std::size_t(g.m * g.k), 2468),
+                              uniform(std::size_t(g.n * g.k), 1357)});
+  return *data;
+}
+
+void attend_linear(const GemmShape& g, const LinearData& in, float* y, const attend::Context& ctx) {
+  attend::linear<float>(attend::MatrixView<const float>(in.x.data(), g.m, g.k),
+                        attend::MatrixView<const float>(in.w.data(), g.n, g.k), {},
+                        attend::MatrixView<float>(y, g.m, g.n), attend::WeightLayout::out_in, ctx);
+}
+
+Agreement check_linear(const GemmShape& g, const Target& path) {
+  const LinearData& in = linear_data(g);
+  const std::vector<float>& theirs = baseline_output("Linear/" + g.name, [&] {
+    std::vector<float> y(std::size_t(g.m * g.n));
+    eigen_baseline::linear(g, in.x.data(), in.w.data(), y.data());
+    return y;
+  });
+  std::vector<float> ours(theirs.size());
+  attend_linear(g, in, ours.data(), path.context);
+  const Magnitude x = magnitude(in.x.data(), in.x.size()), w = magnitude(in.w.data(), in.w.size());
+  return compare(ours, theirs, 2 * product_error(g.k, x, w));
+}
+
+void linear_attend(benchmark::State& state, const GemmShape& g, const Target& t) {
+  if (!validated(state, "Linear/" + g.name, t, [&] { return check_linear(g, t); })) return;
+  const LinearData& in = linear_data(g);
+  time_kernel(state, std::size_t(g.m * g.n), [&](float* y) { attend_linear(g, in, y, t.context); });
+  report(state, t, g.flops(), 0);
+}
+
+void linear_eigen(benchmark::State& state, const GemmShape& g, const Target& t) {
+  const Target best = best_attend_target();
+  if (!validated(state, "Linear/" + g.name, best, [&] { return check_linear(g, best); })) return;
+  const LinearData& in = linear_data(g);
+  time_kernel(state, std::size_t(g.m * g.n),
+              [&](float* y) { eigen_baseline::linear(g, in.x.data(), in.w.data(), y); });
+  report(state, t, g.flops(), 0);
+}
+
+}  // namespace
+
+void register_linear_benchmarks() {
+  for (const GemmShape& g : gemm_shapes()) {
+    for (const Target& t : attend_targets())
+      register_benchmark("Linear_Attend", g.name, t,
+                         [g, t](benchmark::State& st) { linear_attend(st, g, t); });
+    const Target e = eigen_target();
+    register_benchmark("Linear_Eigen", g.name, e,
+                       [g, e](benchmark::State& st) { linear_eigen(st, g, e); });
+  }
+}
+
+}  // namespace attend_bench
