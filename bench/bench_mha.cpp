@@ -13,6 +13,7 @@
 #include <map>
 #include <memory>
 
+#include "data.hpp"
 #include "eigen_baseline.hpp"
 #include "harness.hpp"
 #include "shapes.hpp"
@@ -61,11 +62,9 @@ void attend_mha(const MhaShape& m, const MhaData& in, float* y, const attend::Co
   w.out_proj_bias = in.out_bias;
   w.num_heads = s.q_heads;
   w.num_kv_heads = s.kv_heads;
-  attend::AttentionOptions opts;
-  opts.causal = s.causal;
-  opts.key_lengths = s.key_lengths;
   const attend::MatrixView<const float> x(in.x.data(), m.tokens(), e);
-  attend::multihead_attention<float>(x, x, x, s.batch, w, {y, m.tokens(), e}, opts, ctx);
+  attend::multihead_attention<float>(x, x, x, s.batch, w, {y, m.tokens(), e}, attention_options(s),
+                                     ctx);
 }
 
 Magnitude magnitude_of(const RowMatrix& a) {

@@ -2,13 +2,13 @@
 """Bar charts of attend_bench results: throughput per shape, one bar per implementation.
 
     attend_bench --benchmark_out=run.json --benchmark_out_format=json [--benchmark_repetitions=3]
-    /usr/bin/python3 bench/plot.py run.json -o run.png [--peers peers.log]
+    /usr/bin/python3 bench/plot.py run.json -o run.png [--peers openblas.log[:label] ...]
 
 Reads Google Benchmark JSON (several files are compared side by side, each implementation
 suffixed with its file's name) and draws one panel per kernel and unit: GFLOP/s from the
 FLOPS counter, or GB/s from bytes_per_second for the memory-bound ones (softmax, decode).
 With repetitions, the median aggregate is plotted. --peers adds the `RESULT peer=...`
-lines printed by the programs of shared/peers (as attention, at their shapes).
+lines printed by the programs of shared/peers: attention at their shapes, PR1 as Linear.
 Needs matplotlib (Debian: python3-matplotlib, for /usr/bin/python3).
 """
 import argparse
@@ -54,18 +54,23 @@ def load_benchmarks(path, suffix):
     return rows
 
 
-def load_peers(path):
-    """Attention rows from peer RESULT lines: gbs for decode shapes, gflops otherwise."""
+def load_peers(path, label):
+    """Rows from peer RESULT lines: attention shapes (GB/s for decode) and PR1 as Linear.
+    The machine limits (PEAK, BW) are not implementations and are left out."""
     rows = []
     with open(path) as f:
         for line in f:
             if not line.startswith("RESULT "):
                 continue
             fields = dict(kv.split("=", 1) for kv in line.split()[1:] if "=" in kv)
-            impl = f"peer {fields['peer']} ({fields.get('threads', '?')}t)"
-            shape = fields["shape"]
+            shape = fields["shape"].upper()
+            if shape in ("PEAK", "BW"):
+                continue
+            impl = f"peer {fields['peer']} ({fields.get('threads', '?')}t){label}"
             gbs = float(fields.get("gbs", 0))
-            if gbs > 0:
+            if shape == "PR1":
+                rows.append(("Linear", "GFLOP/s", shape, impl, float(fields["gflops"])))
+            elif gbs > 0:
                 rows.append(("Attention", "GB/s", shape, impl, gbs))
             else:
                 rows.append(("Attention", "GFLOP/s", shape, impl, float(fields["gflops"])))
@@ -83,9 +88,10 @@ def plot(rows, out):
         impls = list(dict.fromkeys(i for values in shapes.values() for i in values))
         width = 0.8 / len(impls)
         for n, impl in enumerate(impls):
-            xs = [s + (n - (len(impls) - 1) / 2) * width for s in range(len(shapes))]
-            ys = [values.get(impl, 0.0) for values in shapes.values()]
-            bars = ax.bar(xs, ys, width, label=impl)
+            # Only the shapes this implementation ran: no zero-height bars for the others.
+            at = [(x, values[impl]) for x, values in enumerate(shapes.values()) if impl in values]
+            xs = [x + (n - (len(impls) - 1) / 2) * width for x, _ in at]
+            bars = ax.bar(xs, [y for _, y in at], width, label=impl)
             ax.bar_label(bars, fmt="%.3g", fontsize=7)
         ax.set_xticks(range(len(shapes)), list(shapes))
         ax.set_title(kernel)
@@ -100,14 +106,17 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("json", nargs="+", help="Google Benchmark JSON output")
     parser.add_argument("-o", "--output", default="attend_bench.png", help="PNG to write")
-    parser.add_argument("--peers", help="log with the peers' RESULT lines")
+    parser.add_argument("--peers", action="append", default=[], metavar="LOG[:LABEL]",
+                        help="output of a shared/peers program (RESULT lines); repeatable, "
+                        "LABEL tells apart runs of the same peer")
     args = parser.parse_args()
     rows = []
     for path in args.json:
         suffix = f" [{os.path.splitext(os.path.basename(path))[0]}]" if len(args.json) > 1 else ""
         rows += load_benchmarks(path, suffix)
-    if args.peers:
-        rows += load_peers(args.peers)
+    for spec in args.peers:
+        path, _, label = spec.partition(":")
+        rows += load_peers(path, f" [{label}]" if label else "")
     plot(rows, args.output)
 
 
