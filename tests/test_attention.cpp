@@ -1008,4 +1008,25 @@ TYPED_TEST(Attention, ResultsAreBitIdenticalForAnyThreadCount) {
   }
 }
 
+// Decode: a few queries per kv head read the keys unpacked. Every path, GQA, a window that
+// leaves tiles partly visible, padded lengths, sinks, and NaN in value rows no query sees.
+TYPED_TEST(Attention, EveryPathMatchesOnDecodeWithWindowAndHiddenNaNValues) {
+  using T = TypeParam;
+  for (index_t sq : {1, 2, 3}) {
+    Problem<T> p({2, 8, 2, sq, 700, 128, 64, Layout::bshd});
+    for (index_t j : {10, 600}) {
+      fill_row<T>(p.v, 0, 1, j, std::numeric_limits<T>::quiet_NaN());
+      fill_row<T>(p.k, 1, 0, j, std::numeric_limits<T>::infinity());
+    }
+    AttentionOptions opts;
+    opts.causal = true;
+    opts.window.left = 300;
+    const std::vector<std::int32_t> lengths{700, 650};
+    const std::vector<float> sinks(8, 0.25f);
+    opts.key_lengths = lengths;
+    opts.sinks = sinks;
+    check_every_path(p, opts);
+  }
+}
+
 }  // namespace

@@ -132,6 +132,26 @@ inline void qk_panel_rows(int rows, const float* q, index_t q_stride, index_t dk
     if (rows < R) return qk_panel_rows<R - 1>(rows, q, q_stride, dk, panel, c, s, s_stride);
   qk_panel<R>(q, q_stride, dk, panel, c, s, s_stride);
 }
+// Few rows (decode): s[r][j] = c * (q_r . k_j) for the keys of k, one dot product each,
+// straight from the key rows. Packing would read and write every key once more than the
+// rows use it.
+inline void qk_direct(const float* q, index_t q_stride, int rows, MatrixView<const float> k,
+                      float c, float* s, index_t s_stride) {
+  const index_t dk = k.cols, full = dk / Vec::lanes * Vec::lanes;
+  const int rest = int(dk - full);
+  for (index_t j = 0; j < k.rows; ++j) {
+    const float* kj = k.row(j);
+    for (int r = 0; r < rows; ++r) {
+      const float* qr = q + r * q_stride;
+      typename Vec::V acc = Vec::zero();
+      for (index_t d = 0; d < full; d += Vec::lanes)
+        acc = Vec::fmadd(Vec::load(qr + d), Vec::load(kj + d), acc);
+      if (rest) acc = Vec::fmadd(Vec::load(qr + full, rest), Vec::load(kj + full, rest), acc);
+      s[r * s_stride + j] = c * Vec::reduce_add(acc);
+    }
+  }
+}
+
 template <int R>
 inline void pv_tile_rows(int rows, const float* p, index_t p_stride, index_t n,
                          MatrixView<const float> v, const float* corr, float* o, index_t o_stride) {
@@ -194,21 +214,42 @@ inline bool sees_all(const ScoreRule<float>& rule, index_t i, index_t j0, index_
   return keys.begin <= j0 && keys.end >= j1;
 }
 
-// Rows [i0, i0 + rows) of query head h against the keys [j0, j1) of one tile, whose packed
-// panels start at `panels` (key j0 in column 0). Updates the block state at row offset rb.
+// Do the value rows [j0, j1) hold only finite numbers? (x - x is 0 exactly when x is.)
+inline bool rows_finite(MatrixView<const float> v, index_t j0, index_t j1) {
+  for (index_t j = j0; j < j1; ++j) {
+    const float* row = v.row(j);
+    typename Vec::V acc = Vec::zero();
+    index_t d = 0;
+    for (; d + Vec::lanes <= v.cols; d += Vec::lanes) {
+      const typename Vec::V x = Vec::load(row + d);
+      acc = Vec::add(acc, Vec::sub(x, x));
+    }
+    float any = Vec::reduce_add(acc);
+    for (; d < v.cols; ++d) any += row[d] - row[d];
+    if (any != 0.0f) return false;
+  }
+  return true;
+}
+
+// Rows [i0, i0 + rows) of query head h against the keys [j0, j1) of one tile: from packed
+// panels starting at `panels` (key j0 in column 0), or straight from kh when panels is
+// null. Updates the block state at row offset rb.
 inline void flash_micro_tile(const ScoreRule<float>& rule, MatrixView<const float> qh, index_t i0,
-                             int rows, const float* panels, index_t j0, index_t j1,
-                             MatrixView<const float> vh, float scale, bool v_finite,
-                             FlashBlock& blk, index_t rb, index_t dv) {
+                             int rows, const float* panels, MatrixView<const float> kh, index_t j0,
+                             index_t j1, MatrixView<const float> vh, float scale, FlashBlock& blk,
+                             index_t rb, index_t dv) {
   const index_t dk = qh.cols, width = j1 - j0;
   const float inf = std::numeric_limits<float>::infinity();
   float* s = blk.s.data() + rb * kTileKeys;
   // Base-2 logits of plain rules straight from the product; the others get their
   // modifications from the rule in natural units first.
   const float c = rule.plain() ? scale * kLog2e : scale;
-  for (index_t p = 0; p * kPanel < width; ++p)
-    qk_panel_rows<kRows>(rows, qh.row(i0), qh.stride, dk, panels + p * dk * kPanel, c,
-                         s + p * kPanel, kTileKeys);
+  if (panels)
+    for (index_t p = 0; p * kPanel < width; ++p)
+      qk_panel_rows<kRows>(rows, qh.row(i0), qh.stride, dk, panels + p * dk * kPanel, c,
+                           s + p * kPanel, kTileKeys);
+  else
+    qk_direct(qh.row(i0), qh.stride, rows, kh.block(j0, width, 0, dk), c, s, kTileKeys);
   bool all_visible = rule.plain();
   for (int r = 0; r < rows; ++r) all_visible = all_visible && sees_all(rule, i0 + r, j0, j1);
   for (int r = 0; r < rows; ++r) {
@@ -232,7 +273,7 @@ inline void flash_micro_tile(const ScoreRule<float>& rule, MatrixView<const floa
     blk.corr[r] = online_softmax_row(sr, width, blk.m[rb + r], blk.l[rb + r]);
   }
   float* o = blk.o.data() + rb * dv;
-  if (all_visible || v_finite) {
+  if (all_visible || rows_finite(vh, j0, j1)) {
     // Hidden keys have probability exactly 0, and 0 * v adds nothing to a finite row.
     pv_tile_rows<kRows>(rows, s, kTileKeys, width, vh.block(j0, width, 0, dv), blk.corr.data(), o,
                         dv);
@@ -253,33 +294,13 @@ inline void flash_micro_tile(const ScoreRule<float>& rule, MatrixView<const floa
   }
 }
 
-// Counts of non-finite value rows: bad[j - first] = number of rows in [first, j) holding a
-// NaN or an infinity, for the keys [first, last).
-inline void count_nonfinite_rows(MatrixView<const float> v, index_t first, index_t last,
-                                 std::vector<index_t>& bad) {
-  bad.assign(std::size_t(last - first + 1), 0);
-  for (index_t j = first; j < last; ++j) {
-    const float* row = v.row(j);
-    typename Vec::V acc = Vec::zero();  // x - x is 0 for finite x, NaN otherwise
-    index_t d = 0;
-    for (; d + Vec::lanes <= v.cols; d += Vec::lanes) {
-      const typename Vec::V x = Vec::load(row + d);
-      acc = Vec::add(acc, Vec::sub(x, x));
-    }
-    float any = Vec::reduce_add(acc);
-    for (; d < v.cols; ++d) any += row[d] - row[d];
-    bad[std::size_t(j - first + 1)] = bad[std::size_t(j - first)] + (any == 0.0f ? 0 : 1);
-  }
-}
-
 // The keys of one (batch, kv head), packed once and read by every task of its group.
 struct PackedKeys {
   std::vector<float> panels;  // keys [0, length) in panels of kPanel (see pack_keys)
-  std::vector<index_t> bad;   // non-finite value rows before each key (count_nonfinite_rows)
 };
 
 struct PackTasks {
-  TensorView<const float> k, v;
+  TensorView<const float> k;
   const AttentionOptions* opts;
   PackedKeys* out;
 
@@ -288,16 +309,16 @@ struct PackTasks {
     const index_t length = opts->key_lengths.empty() ? k.seq : opts->key_lengths[b];
     out[t].panels.resize(std::size_t((length + kPanel - 1) / kPanel * kPanel * k.dim));
     pack_keys(k.head(b, g), 0, length, out[t].panels.data());
-    count_nonfinite_rows(v.head(b, g), 0, length, out[t].bad);
   }
 };
 
 // One task: rows [r0, r1) of every query head of kv head g in batch b.
-inline void flash_task(TensorView<const float> q, TensorView<const float> v, TensorView<float> o,
-                       const AttentionOptions& opts, TensorView<float> lse,
-                       const PackedKeys& keys_bg, index_t kv_heads, index_t sk, index_t b,
-                       index_t g, index_t r0, index_t r1) {
-  const index_t group = q.heads / kv_heads, dk = q.dim, dv = v.dim;
+inline void flash_task(TensorView<const float> q, TensorView<const float> k,
+                       TensorView<const float> v, TensorView<float> o, const AttentionOptions& opts,
+                       TensorView<float> lse, const PackedKeys* keys_bg, index_t b, index_t g,
+                       index_t r0, index_t r1) {
+  const index_t group = q.heads / k.heads, dk = q.dim, dv = v.dim, sk = k.seq;
+  const MatrixView<const float> kh = k.head(b, g);
   const float scale = float(opts.scale.value_or(default_scale(dk)));
   const float inf = std::numeric_limits<float>::infinity();
   const MatrixView<const float> vh = v.head(b, g);
@@ -325,8 +346,7 @@ inline void flash_task(TensorView<const float> q, TensorView<const float> v, Ten
       // Tiles start on panel boundaries of the packed keys.
       for (index_t j0 = first / kPanel * kPanel; j0 < last; j0 += kTileKeys) {
         const index_t j1 = std::min(j0 + kTileKeys, last);
-        const float* tile_panels = keys_bg.panels.data() + j0 * dk;
-        const bool v_finite = keys_bg.bad[std::size_t(j1)] == keys_bg.bad[std::size_t(j0)];
+        const float* tile_panels = keys_bg ? keys_bg->panels.data() + j0 * dk : nullptr;
         for (index_t mi = 0; mi < rows; mi += kRows) {
           const int mr = int(std::min<index_t>(kRows, rows - mi));
           // Skip micro-tiles no row of which sees any key of the tile (causal corners).
@@ -336,8 +356,7 @@ inline void flash_task(TensorView<const float> q, TensorView<const float> v, Ten
             any = any || (keys.begin < j1 && keys.end > j0);
           }
           if (!any) continue;
-          flash_micro_tile(rule, qh, i0 + mi, mr, tile_panels, j0, j1, vh, scale, v_finite, blk, mi,
-                           dv);
+          flash_micro_tile(rule, qh, i0 + mi, mr, tile_panels, kh, j0, j1, vh, scale, blk, mi, dv);
         }
       }
       // O / l and the log-sum-exp; a row that saw nothing (l == 0) gives zeros and -inf,
@@ -369,8 +388,8 @@ struct FlashTasks {
   void operator()(index_t t) const {
     const index_t chunk = chunks - 1 - t % chunks, bg = t / chunks;
     const index_t r0 = chunk * kTaskRows;
-    flash_task(q, v, o, *opts, lse, packed[bg], k.heads, k.seq, bg / k.heads, bg % k.heads, r0,
-               std::min(q.seq, r0 + kTaskRows));
+    flash_task(q, k, v, o, *opts, lse, packed ? &packed[bg] : nullptr, bg / k.heads, bg % k.heads,
+               r0, std::min(q.seq, r0 + kTaskRows));
   }
 };
 
@@ -378,9 +397,12 @@ inline void attention(TensorView<const float> q, TensorView<const float> k,
                       TensorView<const float> v, TensorView<float> o, const AttentionOptions& opts,
                       TensorView<float> lse, const Executor& executor) {
   if (q.heads == 0 || q.batch == 0 || q.seq == 0) return;
-  std::vector<PackedKeys> packed(std::size_t(q.batch * k.heads));
-  executor.parallel_for(q.batch * k.heads, PackTasks{k, v, &opts, packed.data()});
+  // Keys are packed when enough rows read them: a whole register tile of rows per kv head.
+  // Fewer (decode: one query per head) read K rows directly, as packing costs a pass.
+  const bool pack = q.seq * (q.heads / k.heads) >= kRows;
+  std::vector<PackedKeys> packed(pack ? std::size_t(q.batch * k.heads) : 0);
+  if (pack) executor.parallel_for(q.batch * k.heads, PackTasks{k, &opts, packed.data()});
   const index_t chunks = (q.seq + kTaskRows - 1) / kTaskRows;
   executor.parallel_for(q.batch * k.heads * chunks,
-                        FlashTasks{q, k, v, o, &opts, lse, packed.data(), chunks});
+                        FlashTasks{q, k, v, o, &opts, lse, pack ? packed.data() : nullptr, chunks});
 }
