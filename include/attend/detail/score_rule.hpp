@@ -16,43 +16,41 @@
 ATTEND_NAMESPACE_BEGIN
 namespace detail {
 
+// A bias or mask [batch or 1, heads or 1, sq, sk].
+template <class T>
+void check_broadcast(const Checker& c, const char* name, const TensorView<const T>& t,
+                     index_t batch, index_t heads, index_t sq, index_t sk) {
+  c.tensor(name, t, {any, any, sq, sk});
+  if (t.batch != 1 && t.batch != batch)
+    c.fail(name, "expected batch extent 1 or " + std::to_string(batch) + ", got " +
+                     std::to_string(t.batch));
+  if (t.heads != 1 && t.heads != heads)
+    c.fail(name, "expected heads extent 1 or " + std::to_string(heads) + ", got " +
+                     std::to_string(t.heads));
+}
+
 // Validates `o` for scores of shape [batch, heads, sq, sk].
 inline void check_score_options(const Checker& c, const ScoreOptions& o, index_t batch,
                                 index_t heads, index_t sq, index_t sk) {
   const index_t w[2] = {o.window.left, o.window.right};
   const char* side[2] = {"window.left", "window.right"};
   for (int i = 0; i < 2; ++i)
-    c.require(w[i] >= Window::unbounded, side[i],
-              "expected a key count >= 0 or Window::unbounded (-1), got " + std::to_string(w[i]));
-  c.require(std::isfinite(o.softcap) && o.softcap >= 0, "softcap",
-            "expected a finite value >= 0 (0 = off), got " + std::to_string(o.softcap));
+    if (w[i] < Window::unbounded)
+      c.fail(side[i],
+             "expected a key count >= 0 or Window::unbounded (-1), got " + std::to_string(w[i]));
+  if (!std::isfinite(o.softcap) || o.softcap < 0)
+    c.fail("softcap", "expected a finite value >= 0 (0 = off), got " + std::to_string(o.softcap));
   if (!o.key_lengths.empty()) {
     c.expect(o.key_lengths.size, batch, "key_lengths.size", "one length per batch");
     c.require(o.key_lengths.data != nullptr, "key_lengths", "null data");
     for (index_t b = 0; b < batch; ++b)
-      c.require(o.key_lengths[b] >= 0 && o.key_lengths[b] <= sk, "key_lengths",
-                "expected every length in [0, " + std::to_string(sk) + "], got " +
-                    std::to_string(o.key_lengths[b]) + " at batch " + std::to_string(b));
+      if (o.key_lengths[b] < 0 || o.key_lengths[b] > sk)
+        c.fail("key_lengths", "expected every length in [0, " + std::to_string(sk) + "], got " +
+                                  std::to_string(o.key_lengths[b]) + " at batch " +
+                                  std::to_string(b));
   }
-  const std::array<index_t, 4> broadcast_b{any, any, sq, sk};
-  if (!o.bias.empty()) {
-    c.tensor("bias", o.bias, broadcast_b);
-    c.require(o.bias.batch == 1 || o.bias.batch == batch, "bias",
-              "expected batch extent 1 or " + std::to_string(batch) + ", got " +
-                  std::to_string(o.bias.batch));
-    c.require(o.bias.heads == 1 || o.bias.heads == heads, "bias",
-              "expected heads extent 1 or " + std::to_string(heads) + ", got " +
-                  std::to_string(o.bias.heads));
-  }
-  if (!o.mask.empty()) {
-    c.tensor("mask", o.mask, broadcast_b);
-    c.require(o.mask.batch == 1 || o.mask.batch == batch, "mask",
-              "expected batch extent 1 or " + std::to_string(batch) + ", got " +
-                  std::to_string(o.mask.batch));
-    c.require(o.mask.heads == 1 || o.mask.heads == heads, "mask",
-              "expected heads extent 1 or " + std::to_string(heads) + ", got " +
-                  std::to_string(o.mask.heads));
-  }
+  if (!o.bias.empty()) check_broadcast(c, "bias", o.bias, batch, heads, sq, sk);
+  if (!o.mask.empty()) check_broadcast(c, "mask", o.mask, batch, heads, sq, sk);
   if (!o.alibi_slopes.empty()) {
     c.expect(o.alibi_slopes.size, heads, "alibi_slopes.size", "one slope per query head");
     c.require(o.alibi_slopes.data != nullptr, "alibi_slopes", "null data");
@@ -77,11 +75,11 @@ void check_clear_of_options(const Checker& c, const std::string& name, const Out
 // Grouped-query attention: query head h reads key/value head h / (q_heads / kv_heads).
 inline void check_head_groups(const Checker& c, index_t q_heads, index_t kv_heads,
                               const std::string& kv_name) {
-  c.require(kv_heads > 0 || q_heads == 0, kv_name + ".heads", "expected at least one head");
-  if (kv_heads > 0)
-    c.require(q_heads % kv_heads == 0, kv_name + ".heads",
-              "expected a divisor of the " + std::to_string(q_heads) +
-                  " query heads (grouped-query attention), got " + std::to_string(kv_heads));
+  if (kv_heads <= 0 && q_heads != 0) c.fail(kv_name + ".heads", "expected at least one head");
+  if (kv_heads > 0 && q_heads % kv_heads != 0)
+    c.fail(kv_name + ".heads", "expected a divisor of the " + std::to_string(q_heads) +
+                                   " query heads (grouped-query attention), got " +
+                                   std::to_string(kv_heads));
 }
 
 // Keys [begin, end) of one query row; empty when begin >= end.
