@@ -22,11 +22,12 @@
 #define ATTEND_PRAGMA(x) _Pragma(#x)
 // GCC 12's AVX-512 intrinsics trip its own -Wuninitialized (GCC bug 105593: they start
 // from a self-initialised "undefined" register), so the region silences that warning.
-#define ATTEND_BEGIN_TARGET(features)                                                        \
-  ATTEND_PRAGMA(GCC push_options)                                                            \
-  ATTEND_PRAGMA(GCC target(features))                                                        \
-  ATTEND_PRAGMA(GCC diagnostic push) ATTEND_PRAGMA(GCC diagnostic ignored "-Wuninitialized") \
-      ATTEND_PRAGMA(GCC diagnostic ignored "-Wmaybe-uninitialized")
+#define ATTEND_BEGIN_TARGET(features)                     \
+  ATTEND_PRAGMA(GCC push_options)                         \
+  ATTEND_PRAGMA(GCC target(features))                     \
+  ATTEND_PRAGMA(GCC diagnostic push)                      \
+  ATTEND_PRAGMA(GCC diagnostic ignored "-Wuninitialized") \
+  ATTEND_PRAGMA(GCC diagnostic ignored "-Wmaybe-uninitialized")
 #define ATTEND_END_TARGET ATTEND_PRAGMA(GCC diagnostic pop) ATTEND_PRAGMA(GCC pop_options)
 #else
 #error "attend's SIMD paths need GCC or clang (target pragmas)"
