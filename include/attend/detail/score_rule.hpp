@@ -132,6 +132,9 @@ class ScoreRule {
   bool plain() const {
     return o_.mask.empty() && o_.bias.empty() && slope_ == Acc(0) && softcap_ == Acc(0);
   }
+  // True when keys(i) is all a row hides: no boolean mask (bias, ALiBi and softcap change
+  // logits but hide nothing).
+  bool ranges_only() const { return o_.mask.empty(); }
 
   bool has_sink() const { return !o_.sinks.empty(); }
   Acc sink() const { return static_cast<Acc>(o_.sinks[h_]); }

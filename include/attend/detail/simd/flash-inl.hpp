@@ -250,7 +250,9 @@ inline void flash_micro_tile(const ScoreRule<float>& rule, MatrixView<const floa
                            s + p * kPanel, kTileKeys);
   else
     qk_direct(qh.row(i0), qh.stride, rows, kh.block(j0, width, 0, dk), c, s, kTileKeys);
-  bool all_visible = rule.plain();
+  // Does every row see every key of the tile? Then nothing needs masking, and P V may
+  // multiply whatever V holds.
+  bool all_visible = rule.ranges_only();
   for (int r = 0; r < rows; ++r) all_visible = all_visible && sees_all(rule, i0 + r, j0, j1);
   for (int r = 0; r < rows; ++r) {
     float* sr = s + r * kTileKeys;
