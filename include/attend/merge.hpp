@@ -36,14 +36,7 @@ void merge_values(TensorIn<T> p, TensorIn<T> v, TensorView<T> o, const Context& 
   c.distinct_elements("o", o);
   c.disjoint("o", o, "p", p);
   c.disjoint("o", o, "v", v);
-  if (p.heads == 0) return;
-  const index_t group = p.heads / v.heads;
-  const Isa isa = resolve(ctx.isa);
-  detail::executor_of(ctx).parallel_for(p.batch * p.heads, [&](index_t task) {
-    const index_t b = task / p.heads, h = task % p.heads;
-    detail::gemm<T>(isa, SerialExecutor(), p.head(b, h), v.head(b, h / group), false,
-                    detail::acc_t<T>(1), nullptr, false, o.head(b, h));
-  });
+  detail::gemm_per_head<T>(ctx, p, v, false, detail::acc_t<T>(1), o);
 }
 
 ATTEND_NAMESPACE_END

@@ -51,14 +51,7 @@ void scores(TensorIn<T> q, TensorIn<T> k, double scale, TensorView<T> s, const C
   c.distinct_elements("s", s);
   c.disjoint("s", s, "q", q);
   c.disjoint("s", s, "k", k);
-  if (q.heads == 0) return;
-  const index_t group = q.heads / k.heads;
-  const Isa isa = resolve(ctx.isa);
-  detail::executor_of(ctx).parallel_for(q.batch * q.heads, [&](index_t task) {
-    const index_t b = task / q.heads, h = task % q.heads;
-    detail::gemm<T>(isa, SerialExecutor(), q.head(b, h), k.head(b, h / group), true,
-                    detail::acc_t<T>(scale), nullptr, false, s.head(b, h));
-  });
+  detail::gemm_per_head<T>(ctx, q, k, true, detail::acc_t<T>(scale), s);
 }
 
 ATTEND_NAMESPACE_END

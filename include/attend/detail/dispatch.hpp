@@ -36,6 +36,21 @@ void gemm(Isa isa, const Executor& executor, MatrixView<const T> a, MatrixView<c
   portable::gemm<T>(a, b, b_transposed, alpha, bias, accumulate, c);
 }
 
+// Per-head products with grouped heads: c[b, h] = alpha * a[b, h] * op(b_[b, h / group]) for
+// every (batch, head) pair, one task each (scores and merge_values).
+template <class T>
+void gemm_per_head(const Context& ctx, TensorView<const T> a, TensorView<const T> b,
+                   bool b_transposed, acc_t<T> alpha, TensorView<T> c) {
+  if (a.heads == 0) return;
+  const index_t group = a.heads / b.heads;
+  const Isa isa = resolve(ctx.isa);
+  executor_of(ctx).parallel_for(a.batch * a.heads, [&](index_t task) {
+    const index_t n = task / a.heads, h = task % a.heads;
+    gemm<T>(isa, SerialExecutor(), a.head(n, h), b.head(n, h / group), b_transposed, alpha, nullptr,
+            false, c.head(n, h));
+  });
+}
+
 // One row of the masked softmax; see portable/softmax.hpp.
 template <class T>
 acc_t<T> softmax_row(Isa isa, const ScoreRule<acc_t<T>>& rule, index_t i, const T* s, index_t n,
