@@ -85,5 +85,6 @@ void register_linear_benchmarks();
 void register_kernel_benchmarks();  // scores, softmax, merge_values
 void register_attention_benchmarks();
 void register_mha_benchmarks();
+void register_decode_benchmarks();
 
 }  // namespace attend_bench

@@ -15,6 +15,7 @@ int main(int argc, char** argv) {
   register_kernel_benchmarks();
   register_attention_benchmarks();
   register_mha_benchmarks();
+  register_decode_benchmarks();
 
   benchmark::AddCustomContext("attend_version", std::to_string(ATTEND_VERSION_MAJOR) + "." +
                                                     std::to_string(ATTEND_VERSION_MINOR) + "." +

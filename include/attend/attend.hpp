@@ -10,6 +10,10 @@
 //   merge.hpp      merge_values: O = P V
 //   attention.hpp  attention: all of the above for every batch and head in one call
 //   mha.hpp        multihead_attention: projections, attention and output projection
+//   varlen.hpp     attention_varlen: packed sequences of different lengths, no padding
+//   kv_cache.hpp   KvCache, PagedKvCache and append: the keys and values of past tokens
+//   decode.hpp     decode_attention: new tokens against a cache, GQA-packed, split-KV
+//   partials.hpp   merge_partials: attention over disjoint key sets merged by log-sum-exp
 //   isa.hpp        the instruction-set paths and their choice at run time
 //   context.hpp    Context (path, executor), ThreadPool and the Executor interface
 #pragma once
@@ -20,12 +24,16 @@
 
 #include "attend/attention.hpp"
 #include "attend/context.hpp"
+#include "attend/decode.hpp"
 #include "attend/isa.hpp"
+#include "attend/kv_cache.hpp"
 #include "attend/linear.hpp"
 #include "attend/merge.hpp"
 #include "attend/mha.hpp"
 #include "attend/options.hpp"
 #include "attend/packed.hpp"
+#include "attend/partials.hpp"
 #include "attend/scores.hpp"
 #include "attend/softmax.hpp"
+#include "attend/varlen.hpp"
 #include "attend/view.hpp"

@@ -24,13 +24,6 @@ ATTEND_NAMESPACE_BEGIN
 namespace detail {
 
 template <class T>
-bool same_view(const TensorView<const T>& a, const TensorView<T>& b) {
-  return a.data == b.data && a.batch == b.batch && a.heads == b.heads && a.seq == b.seq &&
-         a.dim == b.dim && a.batch_stride == b.batch_stride && a.head_stride == b.head_stride &&
-         a.seq_stride == b.seq_stride;
-}
-
-template <class T>
 void masked_softmax(const Checker& c, TensorView<const T> s, TensorView<T> p, const ScoreOptions& o,
                     TensorView<T> lse, const Context& ctx) {
   c.tensor("scores", s, {any, any, any, any});

@@ -115,6 +115,12 @@ struct TensorView {
   T* row(index_t b, index_t h, index_t s) const {
     return data + b * batch_stride + h * head_stride + s * seq_stride;
   }
+  // Positions [first, first + count) of every batch and head: the same strides, fewer rows
+  // (one sequence of a packed batch, or the newest tokens of a cache).
+  TensorView seq_slice(index_t first, index_t count) const {
+    return {
+        data + first * seq_stride, batch, heads, count, dim, batch_stride, head_stride, seq_stride};
+  }
   // One head of one batch: a [seq, dim] matrix with row stride seq_stride.
   MatrixView<T> head(index_t b, index_t h) const {
     return {data + b * batch_stride + h * head_stride, seq, dim, seq_stride};

@@ -63,6 +63,15 @@ ByteRange byte_range(const Span<T>& s) {
   return {first, first + sizeof(T) * static_cast<std::uintptr_t>(s.size)};
 }
 
+// Is `b` exactly the view `a` (same elements in the same order)? An output may be exactly
+// one of its inputs where a call works element by element (in place), never partly.
+template <class T>
+bool same_view(const TensorView<const T>& a, const TensorView<T>& b) {
+  return a.data == b.data && a.batch == b.batch && a.heads == b.heads && a.seq == b.seq &&
+         a.dim == b.dim && a.batch_stride == b.batch_stride && a.head_stride == b.head_stride &&
+         a.seq_stride == b.seq_stride;
+}
+
 // Collects the checks of one public call; `fn` names the call in every message.
 class Checker {
  public:

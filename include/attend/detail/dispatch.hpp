@@ -4,6 +4,7 @@
 
 #include "attend/detail/config.hpp"
 
+#include <cstdint>
 #include <type_traits>
 
 #include "attend/context.hpp"
@@ -15,6 +16,9 @@
 #if ATTEND_X86_64
 #include "attend/detail/simd/kernels_avx2.hpp"
 #include "attend/detail/simd/kernels_avx512.hpp"
+#endif
+#if ATTEND_AARCH64
+#include "attend/detail/simd/kernels_neon.hpp"
 #endif
 
 ATTEND_NAMESPACE_BEGIN
@@ -30,6 +34,10 @@ void gemm(Isa isa, const Executor& executor, MatrixView<const T> a, MatrixView<c
       return avx512::gemm(a, b, b_transposed, alpha, bias, accumulate, c, executor);
     if (isa == Isa::avx2)
       return avx2::gemm(a, b, b_transposed, alpha, bias, accumulate, c, executor);
+#endif
+#if ATTEND_AARCH64
+    if (isa == Isa::neon)
+      return neon::gemm(a, b, b_transposed, alpha, bias, accumulate, c, executor);
 #endif
   }
   (void)isa, (void)executor;
@@ -60,6 +68,9 @@ acc_t<T> softmax_row(Isa isa, const ScoreRule<acc_t<T>>& rule, index_t i, const 
     if (isa == Isa::avx512) return avx512::softmax_row(rule, i, s, n, p, scratch);
     if (isa == Isa::avx2) return avx2::softmax_row(rule, i, s, n, p, scratch);
 #endif
+#if ATTEND_AARCH64
+    if (isa == Isa::neon) return neon::softmax_row(rule, i, s, n, p, scratch);
+#endif
   }
   (void)isa;
   return portable::softmax_row<T>(rule, i, s, n, p, scratch);
@@ -76,9 +87,35 @@ void attention(Isa isa, const Executor& executor, TensorView<const T> q, TensorV
     if (isa == Isa::avx512) return avx512::attention(q, k, v, o, opts, lse, executor);
     if (isa == Isa::avx2) return avx2::attention(q, k, v, o, opts, lse, executor);
 #endif
+#if ATTEND_AARCH64
+    if (isa == Isa::neon) return neon::attention(q, k, v, o, opts, lse, executor);
+#endif
   }
   (void)isa;
   unfused_attention<T>(q, k, v, o, opts, lse, executor);
+}
+
+// Decode attention over a KV cache's rows (see decode.hpp): the decode tasks of
+// decode-inl.hpp on SIMD paths, the unfused composition on the portable path.
+template <class T, class Source>
+void decode(Isa isa, const Executor& executor, TensorView<const T> q, const Source& kv,
+            index_t kv_heads, index_t dv, const std::int32_t* sequence,
+            const AttentionOptions& opts, index_t sk, TensorView<T> o, TensorView<T> lse,
+            index_t split_keys) {
+  if constexpr (std::is_same_v<T, float>) {
+#if ATTEND_X86_64
+    if (isa == Isa::avx512)
+      return avx512::decode(q, kv, kv_heads, dv, sequence, opts, sk, o, lse, split_keys, executor);
+    if (isa == Isa::avx2)
+      return avx2::decode(q, kv, kv_heads, dv, sequence, opts, sk, o, lse, split_keys, executor);
+#endif
+#if ATTEND_AARCH64
+    if (isa == Isa::neon)
+      return neon::decode(q, kv, kv_heads, dv, sequence, opts, sk, o, lse, split_keys, executor);
+#endif
+  }
+  (void)isa, (void)split_keys;
+  unfused_decode<T>(q, kv, kv_heads, dv, sequence, opts, sk, o, lse, executor);
 }
 
 }  // namespace detail

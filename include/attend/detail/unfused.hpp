@@ -6,6 +6,7 @@
 #include "attend/detail/config.hpp"
 
 #include <algorithm>
+#include <cstdint>
 #include <vector>
 
 #include "attend/context.hpp"
@@ -73,6 +74,36 @@ void unfused_attention(TensorView<const T> q, TensorView<const T> k, TensorView<
     std::vector<acc_t<T>> scratch(static_cast<std::size_t>(k.seq));
     unfused_head<T>(q, k, v, o, opts, lse, task / q.heads, task % q.heads, probs.data(),
                     scratch.data());
+  });
+}
+
+// The portable decode path: for each query batch b, the keys and values of its cache
+// sequence are copied out of the cache (contiguous or paged, through `kv`: see
+// kv_cache.hpp) into dense [kv_heads, L, d] buffers, and each query head runs unfused_head
+// on them. opts.key_lengths holds each query batch's key count L; sk is the logical key
+// extent of the bias and mask.
+template <class T, class Source>
+void unfused_decode(TensorView<const T> q, const Source& kv, index_t kv_heads, index_t dv,
+                    const std::int32_t* sequence, const AttentionOptions& opts, index_t sk,
+                    TensorView<T> o, TensorView<T> lse, const Executor& executor) {
+  if (q.heads == 0) return;
+  const index_t dk = q.dim;
+  executor.parallel_for(q.batch, [&](index_t b) {
+    const index_t s = sequence ? sequence[b] : b;
+    const index_t keys = opts.key_lengths.empty() ? sk : opts.key_lengths[b];
+    std::vector<T> kbuf(std::size_t(kv_heads * keys * dk)), vbuf(std::size_t(kv_heads * keys * dv));
+    for (index_t g = 0; g < kv_heads; ++g)
+      for (index_t j = 0; j < keys; ++j) {
+        std::copy_n(kv.k_row(s, g, j), dk, kbuf.data() + (g * keys + j) * dk);
+        std::copy_n(kv.v_row(s, g, j), dv, vbuf.data() + (g * keys + j) * dv);
+      }
+    // Batch stride 0: every batch index reads this sequence's keys.
+    const TensorView<const T> k(kbuf.data(), q.batch, kv_heads, keys, dk, 0, keys * dk, dk);
+    const TensorView<const T> v(vbuf.data(), q.batch, kv_heads, keys, dv, 0, keys * dv, dv);
+    std::vector<T> probs(std::size_t(q.seq * keys));
+    std::vector<acc_t<T>> scratch(static_cast<std::size_t>(keys));
+    for (index_t h = 0; h < q.heads; ++h)
+      unfused_head<T>(q, k, v, o, opts, lse, b, h, probs.data(), scratch.data());
   });
 }
 

@@ -11,8 +11,10 @@
 //
 // Work: the keys of each (batch, kv head) are packed once, then one task per (batch, kv
 // head, chunk of query rows) computes the rows of every query head of the group
-// (grouped-query attention), all reading the same packed keys. Tasks never share outputs, and their
-// boundaries do not depend on the thread count: results are bit-identical for any executor.
+// (grouped-query attention), all reading the same packed keys. Tasks never share outputs,
+// and their boundaries do not depend on the thread count: results are bit-identical for any
+// executor. Calls with fewer query rows per kv head than a register tile (decode) run the
+// tasks of decode-inl.hpp instead, which reuse this file's micro-tiles.
 //
 // Tiles. S[kRows x kPanel] is one register tile: kRows broadcasts of q times kPanelVecs
 // vector loads of packed K per step of the head dimension; O += P V uses the same shape
@@ -35,17 +37,24 @@ constexpr index_t kTaskRows = 8 * kRows;         // rows per task (per query hea
 constexpr float kLog2e = 1.4426950408889634f;
 constexpr float kLn2 = 0.6931471805599453f;
 
-// K rows [first, last) of one head, packed into panels of kPanel keys: panel p holds
-// key first + p * kPanel + c at [p][d][c] for c < kPanel, zeros past `last`.
-inline void pack_keys(MatrixView<const float> k, index_t first, index_t last, float* out) {
-  const index_t dk = k.cols;
-  for (index_t j0 = first; j0 < last; j0 += kPanel, out += dk * kPanel) {
-    const index_t n = std::min<index_t>(kPanel, last - j0);
-    for (index_t c = 0; c < n; ++c) {
+// Rows [0, n) of a key or value matrix, wherever they live. A MatrixView has row(j); these
+// are rows gathered one pointer each, e.g. from the blocks of a paged KV cache.
+struct GatheredRows {
+  const float* const* rows;
+  const float* row(index_t j) const { return rows[j]; }
+};
+
+// Keys [0, n) of `k` (dk wide), packed into panels of kPanel keys: panel p holds key
+// p * kPanel + c at [p][d][c] for c < kPanel, zeros past n.
+template <class Rows>
+inline void pack_keys(const Rows& k, index_t n, index_t dk, float* out) {
+  for (index_t j0 = 0; j0 < n; j0 += kPanel, out += dk * kPanel) {
+    const index_t m = std::min<index_t>(kPanel, n - j0);
+    for (index_t c = 0; c < m; ++c) {
       const float* row = k.row(j0 + c);
       for (index_t d = 0; d < dk; ++d) out[d * kPanel + c] = row[d];
     }
-    for (index_t c = n; c < kPanel; ++c)
+    for (index_t c = m; c < kPanel; ++c)
       for (index_t d = 0; d < dk; ++d) out[d * kPanel + c] = 0.0f;
   }
 }
@@ -78,9 +87,9 @@ inline void qk_panel(const float* q, index_t q_stride, index_t dk, const float* 
 // them on every step if the loop holds a masked load, hence the separate Partial kernel
 // for the columns past the last full vector, and the zero start (O * corr is added at
 // the end, which the loop then does not depend on).
-template <int R, int U, bool Partial>
-inline void pv_columns(const float* p, index_t p_stride, index_t n, MatrixView<const float> v,
-                       index_t c0, int last, const float* corr, float* o, index_t o_stride) {
+template <int R, int U, bool Partial, class Rows>
+inline void pv_columns(const float* p, index_t p_stride, index_t n, const Rows& v, index_t c0,
+                       int last, const float* corr, float* o, index_t o_stride) {
   typename Vec::V acc[R][U];
   for (int r = 0; r < R; ++r)
     for (int u = 0; u < U; ++u) acc[r][u] = Vec::zero();
@@ -108,19 +117,24 @@ inline void pv_columns(const float* p, index_t p_stride, index_t n, MatrixView<c
   }
 }
 
-// All value columns: full groups of kValueVecs vectors, then the full vectors left, then
-// the last partial vector.
-template <int R>
-inline void pv_tile(const float* p, index_t p_stride, index_t n, MatrixView<const float> v,
+// All dv value columns of value rows [0, n): full groups of U vectors, then the full
+// vectors left, then the last partial vector. A register tile of R rows takes U =
+// kValueVecs vectors, or more for the few rows of decode (up to half the registers in
+// accumulators), so that a tile reads each value row in as few passes as possible.
+template <int R, class Rows>
+inline void pv_tile(const float* p, index_t p_stride, index_t n, const Rows& v, index_t dv,
                     const float* corr, float* o, index_t o_stride) {
-  constexpr int step = kValueVecs * Vec::lanes;
+  constexpr int U = std::clamp(Vec::registers / 2 / R, kValueVecs, 8);
+  constexpr int step = U * Vec::lanes;
   index_t c0 = 0;
-  for (; c0 + step <= v.cols; c0 += step)
-    pv_columns<R, kValueVecs, false>(p, p_stride, n, v, c0, 0, corr, o, o_stride);
-  for (; c0 + Vec::lanes <= v.cols; c0 += Vec::lanes)
+  for (; c0 + step <= dv; c0 += step)
+    pv_columns<R, U, false>(p, p_stride, n, v, c0, 0, corr, o, o_stride);
+  if constexpr (U > kValueVecs)
+    for (; c0 + kValueVecs * Vec::lanes <= dv; c0 += kValueVecs * Vec::lanes)
+      pv_columns<R, kValueVecs, false>(p, p_stride, n, v, c0, 0, corr, o, o_stride);
+  for (; c0 + Vec::lanes <= dv; c0 += Vec::lanes)
     pv_columns<R, 1, false>(p, p_stride, n, v, c0, 0, corr, o, o_stride);
-  if (c0 < v.cols)
-    pv_columns<R, 1, true>(p, p_stride, n, v, c0, int(v.cols - c0), corr, o, o_stride);
+  if (c0 < dv) pv_columns<R, 1, true>(p, p_stride, n, v, c0, int(dv - c0), corr, o, o_stride);
 }
 
 // Row-count dispatch for the register tiles: a tile of `rows` <= R rows runs the kernel
@@ -132,32 +146,73 @@ inline void qk_panel_rows(int rows, const float* q, index_t q_stride, index_t dk
     if (rows < R) return qk_panel_rows<R - 1>(rows, q, q_stride, dk, panel, c, s, s_stride);
   qk_panel<R>(q, q_stride, dk, panel, c, s, s_stride);
 }
-// Few rows (decode): s[r][j] = c * (q_r . k_j) for the keys of k, one dot product each,
-// straight from the key rows. Packing would read and write every key once more than the
-// rows use it.
-inline void qk_direct(const float* q, index_t q_stride, int rows, MatrixView<const float> k,
-                      float c, float* s, index_t s_stride) {
-  const index_t dk = k.cols, full = dk / Vec::lanes * Vec::lanes;
-  const int rest = int(dk - full);
-  for (index_t j = 0; j < k.rows; ++j) {
-    const float* kj = k.row(j);
-    for (int r = 0; r < rows; ++r) {
-      const float* qr = q + r * q_stride;
-      typename Vec::V acc = Vec::zero();
-      for (index_t d = 0; d < full; d += Vec::lanes)
-        acc = Vec::fmadd(Vec::load(qr + d), Vec::load(kj + d), acc);
-      if (rest) acc = Vec::fmadd(Vec::load(qr + full, rest), Vec::load(kj + full, rest), acc);
-      s[r * s_stride + j] = c * Vec::reduce_add(acc);
+// Few rows (decode): s[r][j] = c * (q_r . k_j) for J keys j0 .. j0 + J - 1 and the R rows
+// of q, straight from the key rows: packing would read and write every key once more than
+// these few rows use it. One dot product alone is a chain of dk / lanes dependent FMAs (4
+// cycles each); R * J independent chains keep both FMA ports busy.
+template <int R, int J, class Rows>
+inline void qk_direct_block(const float* q, index_t q_stride, const Rows& k, index_t j0, index_t dk,
+                            float c, float* s, index_t s_stride) {
+  typename Vec::V acc[R][J];
+  const float* kr[J];
+  for (int jj = 0; jj < J; ++jj) kr[jj] = k.row(j0 + jj);
+  for (int r = 0; r < R; ++r)
+    for (int jj = 0; jj < J; ++jj) acc[r][jj] = Vec::zero();
+  index_t d = 0;
+  for (; d + Vec::lanes <= dk; d += Vec::lanes) {
+    typename Vec::V kv[J];
+    for (int jj = 0; jj < J; ++jj) kv[jj] = Vec::load(kr[jj] + d);
+    for (int r = 0; r < R; ++r) {
+      const typename Vec::V qv = Vec::load(q + r * q_stride + d);
+      for (int jj = 0; jj < J; ++jj) acc[r][jj] = Vec::fmadd(qv, kv[jj], acc[r][jj]);
     }
   }
+  if (d < dk) {
+    const int rest = int(dk - d);
+    for (int r = 0; r < R; ++r) {
+      const typename Vec::V qv = Vec::load(q + r * q_stride + d, rest);
+      for (int jj = 0; jj < J; ++jj)
+        acc[r][jj] = Vec::fmadd(qv, Vec::load(kr[jj] + d, rest), acc[r][jj]);
+    }
+  }
+  for (int r = 0; r < R; ++r)
+    for (int jj = 0; jj < J; ++jj) s[r * s_stride + j0 + jj] = c * Vec::reduce_add(acc[r][jj]);
 }
 
-template <int R>
-inline void pv_tile_rows(int rows, const float* p, index_t p_stride, index_t n,
-                         MatrixView<const float> v, const float* corr, float* o, index_t o_stride) {
+// Keys [0, n) for R rows: blocks of J keys, J chosen so that R * J accumulators fill half
+// the vector registers (the other half holds the key and query loads).
+template <int R, class Rows>
+inline void qk_direct(const float* q, index_t q_stride, const Rows& k, index_t n, index_t dk,
+                      float c, float* s, index_t s_stride) {
+  constexpr int J = std::clamp(Vec::registers / 2 / R, 1, 4);
+  index_t j = 0;
+  for (; j + J <= n; j += J) qk_direct_block<R, J>(q, q_stride, k, j, dk, c, s, s_stride);
+  for (; j < n; ++j) qk_direct_block<R, 1>(q, q_stride, k, j, dk, c, s, s_stride);
+}
+
+template <int R, class Rows>
+inline void qk_direct_rows(int rows, const float* q, index_t q_stride, const Rows& k, index_t n,
+                           index_t dk, float c, float* s, index_t s_stride) {
   if constexpr (R > 1)
-    if (rows < R) return pv_tile_rows<R - 1>(rows, p, p_stride, n, v, corr, o, o_stride);
-  pv_tile<R>(p, p_stride, n, v, corr, o, o_stride);
+    if (rows < R) return qk_direct_rows<R - 1>(rows, q, q_stride, k, n, dk, c, s, s_stride);
+  qk_direct<R>(q, q_stride, k, n, dk, c, s, s_stride);
+}
+
+template <int R, class Rows>
+inline void pv_tile_rows(int rows, const float* p, index_t p_stride, index_t n, const Rows& v,
+                         index_t dv, const float* corr, float* o, index_t o_stride) {
+  if constexpr (R > 1)
+    if (rows < R) return pv_tile_rows<R - 1>(rows, p, p_stride, n, v, dv, corr, o, o_stride);
+  pv_tile<R>(p, p_stride, n, v, dv, corr, o, o_stride);
+}
+
+// A row's output O / l and log-sum-exp m + log2(l) (in natural units), from its state. A row
+// that saw nothing (l == 0) gives zeros and -inf, a row that saw a NaN gives NaN.
+inline void finish_row(const float* acc, float m, float l, index_t dv, float* out, float* lse) {
+  const float inf = std::numeric_limits<float>::infinity();
+  const float nothing = std::isnan(l) ? l : 0.0f;
+  for (index_t d = 0; d < dv; ++d) out[d] = l > 0 ? acc[d] / l : nothing;
+  if (lse) *lse = l > 0 ? (m + std::log2(l)) * kLn2 : (l == 0 ? -inf : l);
 }
 
 // Online-softmax state of the rows of one block, and the scratch its tiles use.
@@ -208,57 +263,83 @@ inline float online_softmax_row(float* s, index_t n, float& m, float& l) {
   return corr;
 }
 
-// Does row r of the micro-tile see every key of [j0, j1) with a plain rule?
-inline bool sees_all(const ScoreRule<float>& rule, index_t i, index_t j0, index_t j1) {
-  const KeyRange keys = rule.keys(i);
-  return keys.begin <= j0 && keys.end >= j1;
-}
-
-// Do the value rows [j0, j1) hold only finite numbers? (x - x is 0 exactly when x is.)
-inline bool rows_finite(MatrixView<const float> v, index_t j0, index_t j1) {
-  for (index_t j = j0; j < j1; ++j) {
+// Do the value rows [0, n) (dv wide) hold only finite numbers? (x - x is 0 exactly when x
+// is.)
+template <class Rows>
+inline bool rows_finite(const Rows& v, index_t n, index_t dv) {
+  for (index_t j = 0; j < n; ++j) {
     const float* row = v.row(j);
     typename Vec::V acc = Vec::zero();
     index_t d = 0;
-    for (; d + Vec::lanes <= v.cols; d += Vec::lanes) {
+    for (; d + Vec::lanes <= dv; d += Vec::lanes) {
       const typename Vec::V x = Vec::load(row + d);
       acc = Vec::add(acc, Vec::sub(x, x));
     }
     float any = Vec::reduce_add(acc);
-    for (; d < v.cols; ++d) any += row[d] - row[d];
+    for (; d < dv; ++d) any += row[d] - row[d];
     if (any != 0.0f) return false;
   }
   return true;
 }
 
-// Rows [i0, i0 + rows) of query head h against the keys [j0, j1) of one tile: from packed
-// panels starting at `panels` (key j0 in column 0), or straight from kh when panels is
-// null. Updates the block state at row offset rb.
-inline void flash_micro_tile(const ScoreRule<float>& rule, MatrixView<const float> qh, index_t i0,
-                             int rows, const float* panels, MatrixView<const float> kh, index_t j0,
-                             index_t j1, MatrixView<const float> vh, float scale, FlashBlock& blk,
-                             index_t rb, index_t dv) {
-  const index_t dk = qh.cols, width = j1 - j0;
+// The query rows of a micro-tile and the rule each obeys. Row r is query position pos(r)
+// under rule(r): rows of one head for prefill (HeadRows), or the rows of every query head
+// sharing one kv head for decode (GroupRows, grouped-query packing).
+struct HeadRows {
+  const ScoreRule<float>* one;
+  index_t i0;  // position of row 0
+  const ScoreRule<float>& rule(int) const { return *one; }
+  index_t pos(int r) const { return i0 + r; }
+  bool plain() const { return one->plain(); }
+  bool ranges_only() const { return one->ranges_only(); }
+};
+
+struct GroupRows {
+  const ScoreRule<float>* rules;  // one per query head of the group
+  index_t sq;                     // positions per head: row r0 + r is head (r0 + r) / sq
+  index_t r0;
+  bool all_plain, all_ranges_only;
+  const ScoreRule<float>& rule(int r) const { return rules[(r0 + r) / sq]; }
+  index_t pos(int r) const { return (r0 + r) % sq; }
+  bool plain() const { return all_plain; }
+  bool ranges_only() const { return all_ranges_only; }
+};
+
+// Rows of `rs` against the keys [j0, j1) of one tile: from packed panels (key j0 in column
+// 0), or straight from the key rows when panels is null. q holds the rows' queries,
+// q_stride apart; k and v are tile-relative (row 0 is key j0). Updates the block state at
+// row offset rb.
+template <class RowSet, class KRows, class VRows>
+inline void flash_micro_tile(const RowSet& rs, int rows, const float* q, index_t q_stride,
+                             index_t dk, const float* panels, const KRows& k, index_t j0,
+                             index_t j1, const VRows& v, index_t dv, float scale, FlashBlock& blk,
+                             index_t rb) {
+  const index_t width = j1 - j0;
   const float inf = std::numeric_limits<float>::infinity();
   float* s = blk.s.data() + rb * kTileKeys;
   // Base-2 logits of plain rules straight from the product; the others get their
   // modifications from the rule in natural units first.
-  const float c = rule.plain() ? scale * kLog2e : scale;
+  const bool plain = rs.plain();
+  const float c = plain ? scale * kLog2e : scale;
   if (panels)
     for (index_t p = 0; p * kPanel < width; ++p)
-      qk_panel_rows<kRows>(rows, qh.row(i0), qh.stride, dk, panels + p * dk * kPanel, c,
-                           s + p * kPanel, kTileKeys);
+      qk_panel_rows<kRows>(rows, q, q_stride, dk, panels + p * dk * kPanel, c, s + p * kPanel,
+                           kTileKeys);
   else
-    qk_direct(qh.row(i0), qh.stride, rows, kh.block(j0, width, 0, dk), c, s, kTileKeys);
+    qk_direct_rows<kRows - 1>(rows, q, q_stride, k, width, dk, c, s, kTileKeys);
   // Does every row see every key of the tile? Then nothing needs masking, and P V may
   // multiply whatever V holds.
-  bool all_visible = rule.ranges_only();
-  for (int r = 0; r < rows; ++r) all_visible = all_visible && sees_all(rule, i0 + r, j0, j1);
+  bool all_visible = rs.ranges_only();
+  for (int r = 0; r < rows && all_visible; ++r) {
+    const KeyRange keys = rs.rule(r).keys(rs.pos(r));
+    all_visible = keys.begin <= j0 && keys.end >= j1;
+  }
   for (int r = 0; r < rows; ++r) {
     float* sr = s + r * kTileKeys;
-    const index_t i = i0 + r;
+    const ScoreRule<float>& rule = rs.rule(r);
+    const index_t i = rs.pos(r);
     const KeyRange keys = rule.keys(i);
-    if (rule.plain()) {
+    if (plain) {
       if (!all_visible) {
         // The row's visible keys, relative to the tile (small numbers: int lanes suffice).
         const int begin = int(std::clamp<index_t>(keys.begin - j0, 0, width));
@@ -275,10 +356,9 @@ inline void flash_micro_tile(const ScoreRule<float>& rule, MatrixView<const floa
     blk.corr[r] = online_softmax_row(sr, width, blk.m[rb + r], blk.l[rb + r]);
   }
   float* o = blk.o.data() + rb * dv;
-  if (all_visible || rows_finite(vh, j0, j1)) {
+  if (all_visible || rows_finite(v, width, dv)) {
     // Hidden keys have probability exactly 0, and 0 * v adds nothing to a finite row.
-    pv_tile_rows<kRows>(rows, s, kTileKeys, width, vh.block(j0, width, 0, dv), blk.corr.data(), o,
-                        dv);
+    pv_tile_rows<kRows>(rows, s, kTileKeys, width, v, dv, blk.corr.data(), o, dv);
     return;
   }
   // A non-finite value row in a partly hidden tile: skip hidden keys one by one, so that
@@ -286,11 +366,13 @@ inline void flash_micro_tile(const ScoreRule<float>& rule, MatrixView<const floa
   for (int r = 0; r < rows; ++r) {
     float* orow = o + r * dv;
     const float* pr = s + r * kTileKeys;
-    const KeyRange keys = rule.keys(i0 + r);
+    const ScoreRule<float>& rule = rs.rule(r);
+    const index_t i = rs.pos(r);
+    const KeyRange keys = rule.keys(i);
     for (index_t d = 0; d < dv; ++d) orow[d] *= blk.corr[r];
     for (index_t j = std::max(j0, keys.begin); j < std::min(j1, keys.end); ++j) {
-      if (rule.hidden(i0 + r, j)) continue;
-      const float* vj = vh.row(j);
+      if (rule.hidden(i, j)) continue;
+      const float* vj = v.row(j - j0);
       for (index_t d = 0; d < dv; ++d) orow[d] += pr[j - j0] * vj[d];
     }
   }
@@ -310,14 +392,14 @@ struct PackTasks {
     const index_t b = t / k.heads, g = t % k.heads;
     const index_t length = opts->key_lengths.empty() ? k.seq : opts->key_lengths[b];
     out[t].panels.resize(std::size_t((length + kPanel - 1) / kPanel * kPanel * k.dim));
-    pack_keys(k.head(b, g), 0, length, out[t].panels.data());
+    pack_keys(k.head(b, g), length, k.dim, out[t].panels.data());
   }
 };
 
 // One task: rows [r0, r1) of every query head of kv head g in batch b.
 inline void flash_task(TensorView<const float> q, TensorView<const float> k,
                        TensorView<const float> v, TensorView<float> o, const AttentionOptions& opts,
-                       TensorView<float> lse, const PackedKeys* keys_bg, index_t b, index_t g,
+                       TensorView<float> lse, const PackedKeys& keys, index_t b, index_t g,
                        index_t r0, index_t r1) {
   const index_t group = q.heads / k.heads, dk = q.dim, dv = v.dim, sk = k.seq;
   const MatrixView<const float> kh = k.head(b, g);
@@ -348,7 +430,7 @@ inline void flash_task(TensorView<const float> q, TensorView<const float> k,
       // Tiles start on panel boundaries of the packed keys.
       for (index_t j0 = first / kPanel * kPanel; j0 < last; j0 += kTileKeys) {
         const index_t j1 = std::min(j0 + kTileKeys, last);
-        const float* tile_panels = keys_bg ? keys_bg->panels.data() + j0 * dk : nullptr;
+        const float* tile_panels = keys.panels.data() + j0 * dk;
         for (index_t mi = 0; mi < rows; mi += kRows) {
           const int mr = int(std::min<index_t>(kRows, rows - mi));
           // Skip micro-tiles no row of which sees any key of the tile (causal corners).
@@ -358,20 +440,14 @@ inline void flash_task(TensorView<const float> q, TensorView<const float> k,
             any = any || (keys.begin < j1 && keys.end > j0);
           }
           if (!any) continue;
-          flash_micro_tile(rule, qh, i0 + mi, mr, tile_panels, kh, j0, j1, vh, scale, blk, mi, dv);
+          flash_micro_tile(HeadRows{&rule, i0 + mi}, mr, qh.row(i0 + mi), qh.stride, dk,
+                           tile_panels, kh.block(j0, j1 - j0, 0, dk), j0, j1,
+                           vh.block(j0, j1 - j0, 0, dv), dv, scale, blk, mi);
         }
       }
-      // O / l and the log-sum-exp; a row that saw nothing (l == 0) gives zeros and -inf,
-      // a row that saw a NaN gives NaN.
-      for (index_t r = 0; r < rows; ++r) {
-        const float l = blk.l[r];
-        float* dst = o.row(b, h, i0 + r);
-        const float* src = blk.o.data() + r * dv;
-        const float nothing = std::isnan(l) ? l : 0.0f;
-        for (index_t d = 0; d < dv; ++d) dst[d] = l > 0 ? src[d] / l : nothing;
-        if (!lse.empty())
-          *lse.row(b, h, i0 + r) = l > 0 ? (blk.m[r] + std::log2(l)) * kLn2 : (l == 0 ? -inf : l);
-      }
+      for (index_t r = 0; r < rows; ++r)
+        finish_row(blk.o.data() + r * dv, blk.m[r], blk.l[r], dv, o.row(b, h, i0 + r),
+                   lse.empty() ? nullptr : lse.row(b, h, i0 + r));
     }
   }
 }
@@ -390,21 +466,7 @@ struct FlashTasks {
   void operator()(index_t t) const {
     const index_t chunk = chunks - 1 - t % chunks, bg = t / chunks;
     const index_t r0 = chunk * kTaskRows;
-    flash_task(q, k, v, o, *opts, lse, packed ? &packed[bg] : nullptr, bg / k.heads, bg % k.heads,
-               r0, std::min(q.seq, r0 + kTaskRows));
+    flash_task(q, k, v, o, *opts, lse, packed[bg], bg / k.heads, bg % k.heads, r0,
+               std::min(q.seq, r0 + kTaskRows));
   }
 };
-
-inline void attention(TensorView<const float> q, TensorView<const float> k,
-                      TensorView<const float> v, TensorView<float> o, const AttentionOptions& opts,
-                      TensorView<float> lse, const Executor& executor) {
-  if (q.heads == 0 || q.batch == 0 || q.seq == 0) return;
-  // Keys are packed when enough rows read them: a whole register tile of rows per kv head.
-  // Fewer (decode: one query per head) read K rows directly, as packing costs a pass.
-  const bool pack = q.seq * (q.heads / k.heads) >= kRows;
-  std::vector<PackedKeys> packed(pack ? std::size_t(q.batch * k.heads) : 0);
-  if (pack) executor.parallel_for(q.batch * k.heads, PackTasks{k, &opts, packed.data()});
-  const index_t chunks = (q.seq + kTaskRows - 1) / kTaskRows;
-  executor.parallel_for(q.batch * k.heads * chunks,
-                        FlashTasks{q, k, v, o, &opts, lse, pack ? packed.data() : nullptr, chunks});
-}

@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
 #include <cstring>
 #include <limits>
 #include <vector>
@@ -15,6 +16,7 @@
 #include "attend/detail/score_rule.hpp"
 #include "attend/detail/simd/avx2.hpp"
 #include "attend/detail/unfused.hpp"
+#include "attend/kv_cache.hpp"
 #include "attend/options.hpp"
 #include "attend/view.hpp"
 
@@ -25,6 +27,9 @@ namespace detail::avx2 {
 #include "attend/detail/simd/flash-inl.hpp"
 #include "attend/detail/simd/gemm-inl.hpp"
 #include "attend/detail/simd/softmax-inl.hpp"
+
+// After flash-inl.hpp, whose tiles it uses.
+#include "attend/detail/simd/decode-inl.hpp"
 
 }  // namespace detail::avx2
 ATTEND_NAMESPACE_END

@@ -1,0 +1,213 @@
+// Decode attention: a few query rows per sequence against a long KV cache (Sq = 1 when
+// generating, a few more for speculative or chunked decoding). Compiled once per path
+// inside the path's namespace, after flash-inl.hpp, whose micro-tiles it reuses.
+//
+// Decode is memory-bound: every key and value row is read once per step and used by only
+// a handful of FMAs. Two things keep the cache streaming at the machine's bandwidth:
+//
+// Grouped-query packing. The Hq / Hkv query heads that share a kv head (and their Sq
+// positions) form the rows of one task, R = group * Sq, so each K and V row is read from
+// memory once for all of them, not once per query head. The rows of different heads obey
+// different rules (ALiBi slopes, sinks, bias rows): GroupRows gives each row its own.
+//
+// Split-KV (flash-decoding: Dao, Haziza, Massa and Sizov 2023). A sequence's keys are
+// split into chunks, each a task with its own partial online-softmax state (m, l, O);
+// a second pass merges the partials of each row by log-sum-exp. One (sequence, kv head)
+// would otherwise be one task, too few to keep many threads busy when the batch is small.
+// The split depends on the shapes and lengths only, never on the thread count, so results
+// are bit-identical for every executor.
+//
+// Keys are read through a row source (contiguous or paged cache, see kv_cache.hpp):
+// each tile gathers its kTileKeys row pointers once, and the micro-kernels read rows
+// through them, so a tile may span several pages at no cost. With R >= kRows rows the tile
+// is also packed into K panels, as in prefill; fewer rows read K rows directly.
+
+constexpr index_t kSplitTasks = 64;               // aim for this many tasks per call
+constexpr index_t kMinSplitKeys = 4 * kTileKeys;  // and never split finer than this
+
+// Keys per split for `pairs` (sequence, kv head) pairs whose longest sequence has
+// `longest` keys; `requested` > 0 overrides the choice. Splits past kSplitTasks tasks only
+// add merge work, and chunks under kMinSplitKeys keys (512 keys of 128 floats: 256 KiB of
+// K and V) would spend a noticeable share on the merge and the per-task setup.
+inline index_t decode_split_keys(index_t pairs, index_t longest, index_t requested) {
+  if (requested > 0) return requested;
+  const index_t want =
+      std::max<index_t>(1, (kSplitTasks + pairs - 1) / std::max<index_t>(pairs, 1));
+  const index_t chunk = std::max(kMinSplitKeys, (longest + want - 1) / want);
+  return (chunk + kTileKeys - 1) / kTileKeys * kTileKeys;
+}
+
+// One decode call. Source gives k_row(s, g, j) and v_row(s, g, j).
+template <class Source>
+struct DecodeTasks {
+  TensorView<const float> q;  // [B, Hq, Sq, Dk]
+  Source kv;
+  index_t kv_heads, dv;
+  const std::int32_t* sequence;  // [B] or null: query batch b reads cache sequence sequence[b]
+  const AttentionOptions* opts;  // key_lengths, when set, gives each query batch's keys
+  index_t sk;                    // the logical key extent: bias and mask columns
+  TensorView<float> o, lse;
+  index_t chunk, splits;  // keys per split, splits per (batch, kv head)
+  float* partial;         // splits > 1: per task, R rows of [m, l, O[dv]]
+
+  index_t rows() const { return q.heads / kv_heads * q.seq; }
+  index_t length(index_t b) const { return opts->key_lengths.empty() ? sk : opts->key_lengths[b]; }
+  float* partial_of(index_t task) const { return partial + task * rows() * (dv + 2); }
+
+  void operator()(index_t t) const {
+    const index_t split = t % splits, bg = t / splits;
+    run(bg / kv_heads, bg % kv_heads, split, t);
+  }
+
+  // Rows of every query head of kv head g of batch b, keys of one split.
+  void run(index_t b, index_t g, index_t split, index_t task) const {
+    const index_t group = q.heads / kv_heads, sq = q.seq, R = rows(), dk = q.dim;
+    const index_t s = sequence ? sequence[b] : b;
+    const float scale = float(opts->scale.value_or(default_scale(dk)));
+    const float inf = std::numeric_limits<float>::infinity();
+    std::vector<ScoreRule<float>> rules;
+    rules.reserve(std::size_t(group));
+    bool plain = true, ranges_only = true;
+    for (index_t h = g * group; h < (g + 1) * group; ++h) {
+      rules.emplace_back(*opts, b, h, sq, sk);
+      plain = plain && rules.back().plain(),
+      ranges_only = ranges_only && rules.back().ranges_only();
+    }
+    // The keys of this split that any row sees.
+    const index_t lo = split * chunk, hi = std::min(lo + chunk, length(b));
+    index_t first = hi, last = lo;
+    for (index_t r = 0; r < R; ++r) {
+      const KeyRange keys = rules[std::size_t(r / sq)].keys(r % sq);
+      const index_t begin = std::max(lo, keys.begin), end = std::min(hi, keys.end);
+      if (begin < end) first = std::min(first, begin), last = std::max(last, end);
+    }
+
+    FlashBlock blk;
+    blk.s.resize(std::size_t(R * kTileKeys));
+    blk.o.assign(std::size_t(R * dv), 0.0f);
+    blk.corr.resize(kRows);
+    // The sink is one more key whose value is zero; it joins the first split only.
+    const bool sink = split == 0 && rules[0].has_sink();
+    blk.m.resize(std::size_t(R)), blk.l.resize(std::size_t(R));
+    for (index_t r = 0; r < R; ++r) {
+      blk.m[std::size_t(r)] = sink ? rules[std::size_t(r / sq)].sink() * kLog2e : -inf;
+      blk.l[std::size_t(r)] = sink ? 1.0f : 0.0f;
+    }
+    // The task's queries, packed: row r is head g * group + r / sq, position r % sq.
+    std::vector<float> qg(std::size_t(R * dk));
+    for (index_t r = 0; r < R; ++r)
+      std::copy_n(q.row(b, g * group + r / sq, r % sq), dk, qg.data() + r * dk);
+
+    const bool pack = R >= kRows;
+    std::vector<float> panels(pack ? std::size_t(kTileKeys * dk) : 0);
+    std::vector<const float*> kp(static_cast<std::size_t>(kTileKeys)), vp(kp.size());
+    for (index_t j0 = first; j0 < last; j0 += kTileKeys) {
+      const index_t j1 = std::min(j0 + kTileKeys, last);
+      for (index_t j = j0; j < j1; ++j) {
+        kp[std::size_t(j - j0)] = kv.k_row(s, g, j);
+        vp[std::size_t(j - j0)] = kv.v_row(s, g, j);
+      }
+      const GatheredRows krows{kp.data()}, vrows{vp.data()};
+      if (pack) pack_keys(krows, j1 - j0, dk, panels.data());
+      for (index_t mi = 0; mi < R; mi += kRows) {
+        const int mr = int(std::min<index_t>(kRows, R - mi));
+        bool any = false;  // does a row of the micro-tile see a key of the tile?
+        for (int r = 0; r < mr; ++r) {
+          const KeyRange keys = rules[std::size_t((mi + r) / sq)].keys((mi + r) % sq);
+          any = any || (keys.begin < j1 && keys.end > j0);
+        }
+        if (!any) continue;
+        flash_micro_tile(GroupRows{rules.data(), sq, mi, plain, ranges_only}, mr,
+                         qg.data() + mi * dk, dk, dk, pack ? panels.data() : nullptr, krows, j0, j1,
+                         vrows, dv, scale, blk, mi);
+      }
+    }
+
+    for (index_t r = 0; r < R; ++r) {
+      const float* acc = blk.o.data() + r * dv;
+      if (splits == 1) {
+        const index_t h = g * group + r / sq, i = r % sq;
+        finish_row(acc, blk.m[std::size_t(r)], blk.l[std::size_t(r)], dv, o.row(b, h, i),
+                   lse.empty() ? nullptr : lse.row(b, h, i));
+      } else {
+        float* part = partial_of(task) + r * (dv + 2);
+        part[0] = blk.m[std::size_t(r)], part[1] = blk.l[std::size_t(r)];
+        std::copy_n(acc, dv, part + 2);
+      }
+    }
+  }
+};
+
+// The second pass of split-KV: for each (batch, kv head), merges the partial states of its
+// splits, in split order, and writes the outputs. Partials combine as
+//   m = max m_s,  l = sum l_s 2^(m_s - m),  O = sum O_s 2^(m_s - m)
+// where an empty split (m_s = -inf) weighs 0, and when some m_s = +inf (overflowed logits)
+// exactly the splits at +inf share the mass, as their keys do inside a split.
+template <class Source>
+struct DecodeMerge {
+  const DecodeTasks<Source>* p;
+
+  void operator()(index_t bg) const {
+    const index_t b = bg / p->kv_heads, g = bg % p->kv_heads, R = p->rows(), dv = p->dv;
+    const index_t group = p->q.heads / p->kv_heads, sq = p->q.seq;
+    const float inf = std::numeric_limits<float>::infinity();
+    std::vector<float> acc(static_cast<std::size_t>(dv));
+    for (index_t r = 0; r < R; ++r) {
+      const index_t stride = R * (dv + 2);
+      const float* first = p->partial_of(bg * p->splits) + r * (dv + 2);
+      float m = -inf;
+      for (index_t sp = 0; sp < p->splits; ++sp) m = std::max(m, first[sp * stride]);
+      float l = 0;
+      std::fill(acc.begin(), acc.end(), 0.0f);
+      for (index_t sp = 0; sp < p->splits; ++sp) {
+        const float* part = first + sp * stride;
+        const float ms = part[0], ls = part[1];
+        if (std::isnan(ls)) l = ls;
+        const float w =
+            ms == -inf ? 0.0f : (m == inf ? (ms == inf ? 1.0f : 0.0f) : std::exp2(ms - m));
+        if (w == 0.0f) continue;
+        l += ls * w;
+        for (index_t d = 0; d < dv; ++d) acc[std::size_t(d)] += part[2 + d] * w;
+      }
+      const index_t h = g * group + r / sq, i = r % sq;
+      finish_row(acc.data(), m, l, dv, p->o.row(b, h, i),
+                 p->lse.empty() ? nullptr : p->lse.row(b, h, i));
+    }
+  }
+};
+
+// Decode attention over `kv` for every (batch, kv head): see the top of this file.
+template <class Source>
+void decode(TensorView<const float> q, const Source& kv, index_t kv_heads, index_t dv,
+            const std::int32_t* sequence, const AttentionOptions& opts, index_t sk,
+            TensorView<float> o, TensorView<float> lse, index_t split_keys,
+            const Executor& executor) {
+  if (q.batch == 0 || q.heads == 0 || q.seq == 0) return;
+  DecodeTasks<Source> p{q, kv, kv_heads, dv, sequence, &opts, sk, o, lse, 0, 1, nullptr};
+  index_t longest = 0;
+  for (index_t b = 0; b < q.batch; ++b) longest = std::max(longest, p.length(b));
+  p.chunk = decode_split_keys(q.batch * kv_heads, longest, split_keys);
+  p.splits = std::max<index_t>(1, (longest + p.chunk - 1) / p.chunk);
+  std::vector<float> partial(
+      p.splits > 1 ? std::size_t(q.batch * kv_heads * p.splits * p.rows() * (dv + 2)) : 0);
+  p.partial = partial.data();
+  executor.parallel_for(q.batch * kv_heads * p.splits, p);
+  if (p.splits > 1) executor.parallel_for(q.batch * kv_heads, DecodeMerge<Source>{&p});
+}
+
+// The entry point of attention(): prefill tiles (flash-inl.hpp), or decode tasks when a kv
+// head has fewer query rows than a register tile (one query per head: packing K would cost
+// a pass over it that the rows do not repay).
+inline void attention(TensorView<const float> q, TensorView<const float> k,
+                      TensorView<const float> v, TensorView<float> o, const AttentionOptions& opts,
+                      TensorView<float> lse, const Executor& executor) {
+  if (q.heads == 0 || q.batch == 0 || q.seq == 0) return;
+  if (q.seq * (q.heads / k.heads) < kRows)
+    return decode(q, ContiguousRows<const float>{k, v}, k.heads, v.dim, nullptr, opts, k.seq, o,
+                  lse, 0, executor);
+  std::vector<PackedKeys> packed(std::size_t(q.batch * k.heads));
+  executor.parallel_for(q.batch * k.heads, PackTasks{k, &opts, packed.data()});
+  const index_t chunks = (q.seq + kTaskRows - 1) / kTaskRows;
+  executor.parallel_for(q.batch * k.heads * chunks,
+                        FlashTasks{q, k, v, o, &opts, lse, packed.data(), chunks});
+}
