@@ -100,14 +100,18 @@ struct DecodeTasks {
 
     const bool pack = R >= kRows;
     std::vector<float> panels(pack ? std::size_t(kTileKeys * dk) : 0);
-    std::vector<const float*> kp(static_cast<std::size_t>(kTileKeys)), vp(kp.size());
+    // Row pointers of a tile and of the kPrefetchRows keys after it.
+    std::vector<const float*> kp(static_cast<std::size_t>(kTileKeys + kPrefetchRows)),
+        vp(kp.size());
+    const int lines_k = int((dk * 4 + 63) / 64), lines_v = int((dv * 4 + 63) / 64);
     for (index_t j0 = first; j0 < last; j0 += kTileKeys) {
-      const index_t j1 = std::min(j0 + kTileKeys, last);
-      for (index_t j = j0; j < j1; ++j) {
+      const index_t j1 = std::min(j0 + kTileKeys, last), known = std::min(j1 + kPrefetchRows, last);
+      for (index_t j = j0; j < known; ++j) {
         kp[std::size_t(j - j0)] = kv.k_row(s, g, j);
         vp[std::size_t(j - j0)] = kv.v_row(s, g, j);
       }
-      const GatheredRows krows{kp.data()}, vrows{vp.data()};
+      const GatheredRows krows{kp.data(), known - j0, lines_k},
+          vrows{vp.data(), known - j0, lines_v};
       if (pack) pack_keys(krows, j1 - j0, dk, panels.data());
       for (index_t mi = 0; mi < R; mi += kRows) {
         const int mr = int(std::min<index_t>(kRows, R - mi));

@@ -38,11 +38,27 @@ constexpr float kLog2e = 1.4426950408889634f;
 constexpr float kLn2 = 0.6931471805599453f;
 
 // Rows [0, n) of a key or value matrix, wherever they live. A MatrixView has row(j); these
-// are rows gathered one pointer each, e.g. from the blocks of a paged KV cache.
+// are rows gathered one pointer each, e.g. from the blocks of a paged KV cache, for decode,
+// which streams them once from memory: prefetch(j) asks for row j ahead of its use (rows
+// [0, known) have pointers, a few past the tile's end included).
 struct GatheredRows {
   const float* const* rows;
+  index_t known;
+  int lines;  // cache lines per row
   const float* row(index_t j) const { return rows[j]; }
+  void prefetch(index_t j) const {
+    if (j >= known) return;
+    const char* p = reinterpret_cast<const char*>(rows[j]);
+    for (int l = 0; l < lines; ++l) __builtin_prefetch(p + 64 * l);
+  }
 };
+// Prefill reads rows that the tiles reuse from cache: no prefetching.
+inline void prefetch_row(const MatrixView<const float>&, index_t) {}
+inline void prefetch_row(const GatheredRows& rows, index_t j) {
+  rows.prefetch(j);
+}
+// How many rows ahead decode prefetches: ~100 ns of memory latency at ~20 ns per row.
+constexpr index_t kPrefetchRows = 8;
 
 // Keys [0, n) of `k` (dk wide), packed into panels of kPanel keys: panel p holds key
 // p * kPanel + c at [p][d][c] for c < kPanel, zeros past n.
@@ -94,6 +110,7 @@ inline void pv_columns(const float* p, index_t p_stride, index_t n, const Rows& 
   for (int r = 0; r < R; ++r)
     for (int u = 0; u < U; ++u) acc[r][u] = Vec::zero();
   for (index_t j = 0; j < n; ++j) {
+    if (c0 == 0) prefetch_row(v, j + kPrefetchRows);
     const float* vj = v.row(j) + c0;
     typename Vec::V vv[U];
     for (int u = 0; u < U; ++u)
@@ -186,7 +203,10 @@ inline void qk_direct(const float* q, index_t q_stride, const Rows& k, index_t n
                       float c, float* s, index_t s_stride) {
   constexpr int J = std::clamp(Vec::registers / 2 / R, 1, 4);
   index_t j = 0;
-  for (; j + J <= n; j += J) qk_direct_block<R, J>(q, q_stride, k, j, dk, c, s, s_stride);
+  for (; j + J <= n; j += J) {
+    for (int jj = 0; jj < J; ++jj) prefetch_row(k, j + kPrefetchRows + jj);
+    qk_direct_block<R, J>(q, q_stride, k, j, dk, c, s, s_stride);
+  }
   for (; j < n; ++j) qk_direct_block<R, 1>(q, q_stride, k, j, dk, c, s, s_stride);
 }
 
