@@ -93,6 +93,7 @@ AttentionOptions check_decode(const Checker& c, TensorView<const T> q, const Cac
     c.disjoint(name, out, "cache.k", cache.k);
     c.disjoint(name, out, "cache.v", cache.v);
     c.disjoint(name, out, "cache.lengths", cache.lengths);
+    c.disjoint(name, out, "cache.block_table", table_of(cache));
     c.disjoint(name, out, "opts.sequences", opts.sequences);
     check_clear_of_options(c, name, out, opts);
   };

@@ -16,6 +16,10 @@
 //                last block are not read (the engine may leave them -1).
 //   lengths [sequences]
 //
+// Blocks may be shared by several sequences (a common prefix): reading them is safe, but
+// append() writes into the block that holds a sequence's next token, so before appending
+// to a shared block the engine copies it (copy-on-write, as vLLM does).
+//
 // Any strides work (TensorView), so [sequences, capacity, kv_heads, d] caches written by a
 // fused QKV projection are views too. The engine owns allocation: attend never grows a
 // cache, and append() refuses (std::invalid_argument, nothing written) to write past a
@@ -84,11 +88,18 @@ namespace detail {
 
 // Where row j of sequence s, kv head g lives, for both layouts: the kernels read caches
 // through these, one row pointer at a time.
+// gather(s, g, j0, n, kp, vp) writes the row pointers of keys [j0, j0 + n) at once, as the
+// kernels read them a tile at a time: one block-table lookup per block, not per row.
 template <class T>
 struct ContiguousRows {
   TensorView<T> k, v;
   T* k_row(index_t s, index_t g, index_t j) const { return k.row(s, g, j); }
   T* v_row(index_t s, index_t g, index_t j) const { return v.row(s, g, j); }
+  void gather(index_t s, index_t g, index_t j0, index_t n, T** kp, T** vp) const {
+    T* kr = k.row(s, g, j0);
+    T* vr = v.row(s, g, j0);
+    for (index_t i = 0; i < n; ++i) kp[i] = kr + i * k.seq_stride, vp[i] = vr + i * v.seq_stride;
+  }
 };
 
 template <class T>
@@ -101,7 +112,27 @@ struct PagedRows {
   T* v_row(index_t s, index_t g, index_t j) const {
     return v.row(table(s, j / k.seq), g, j % k.seq);
   }
+  void gather(index_t s, index_t g, index_t j0, index_t n, T** kp, T** vp) const {
+    const index_t bs = k.seq;
+    for (index_t i = 0; i < n;) {
+      const index_t j = j0 + i, block = table(s, j / bs), in_block = std::min(n - i, bs - j % bs);
+      T* kr = k.row(block, g, j % bs);
+      T* vr = v.row(block, g, j % bs);
+      for (index_t r = 0; r < in_block; ++r, ++i)
+        kp[i] = kr + r * k.seq_stride, vp[i] = vr + r * v.seq_stride;
+    }
+  }
 };
+
+// The block table of a paged cache; none for a contiguous one.
+template <class T>
+MatrixView<const std::int32_t> table_of(const KvCache<T>&) {
+  return {};
+}
+template <class T>
+MatrixView<const std::int32_t> table_of(const PagedKvCache<T>& c) {
+  return c.block_table;
+}
 
 template <class T>
 ContiguousRows<T> rows_of(const KvCache<T>& c) {
@@ -216,6 +247,10 @@ void append_rows(const Checker& c, const Cache& cache, TensorView<const T> k_new
     c.disjoint(arg, t, "cache.v", cache.v);
   }
   c.disjoint("cache.lengths", cache.lengths, "sequences", sequences);
+  for (const auto& [arg, t] : {std::pair{"cache.k", cache.k}, std::pair{"cache.v", cache.v}}) {
+    c.disjoint(arg, t, "cache.lengths", cache.lengths);
+    c.disjoint(arg, t, "cache.block_table", table_of(cache));
+  }
 
   // Validated: now write. Rows first, lengths last, one task per appended sequence.
   executor_of(ctx).parallel_for(k_new.batch, [&](index_t b) {

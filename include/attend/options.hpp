@@ -23,7 +23,7 @@
 // When Sq == Sk and there is no padding the two agree.
 //
 // A fully masked row yields probabilities (and output) of exact zeros and an LSE of -inf
-// (the sink's logit when sinks are given), never NaN.
+// (the sink's logit, to rounding, when sinks are given), never NaN.
 #pragma once
 
 #include "attend/detail/config.hpp"

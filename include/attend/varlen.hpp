@@ -66,8 +66,10 @@ void attention_varlen(TensorIn<T> q, TensorIn<T> k, TensorIn<T> v,
   detail::check_offsets(c, "cu_seqlens_k", cu_seqlens_k, k.seq);
   c.expect(cu_seqlens_k.size, cu_seqlens_q.size, "cu_seqlens_k.size",
            "one offset per sequence of cu_seqlens_q, plus one");
-  c.disjoint("o", o, "cu_seqlens_q", cu_seqlens_q);
-  c.disjoint("o", o, "cu_seqlens_k", cu_seqlens_k);
+  for (const auto& [name, out] : {std::pair{"o", o}, std::pair{"lse", lse}}) {
+    c.disjoint(name, out, "cu_seqlens_q", cu_seqlens_q);
+    c.disjoint(name, out, "cu_seqlens_k", cu_seqlens_k);
+  }
   const Isa isa = resolve(ctx.isa);
   for (index_t s = 0; s + 1 < cu_seqlens_q.size; ++s) {
     const index_t q0 = cu_seqlens_q[s], sq = cu_seqlens_q[s + 1] - q0;

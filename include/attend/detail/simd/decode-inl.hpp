@@ -37,7 +37,7 @@ inline index_t decode_split_keys(index_t pairs, index_t longest, index_t request
   return (chunk + kTileKeys - 1) / kTileKeys * kTileKeys;
 }
 
-// One decode call. Source gives k_row(s, g, j) and v_row(s, g, j).
+// One decode call. Source gathers row pointers of a (sequence, kv head): see kv_cache.hpp.
 template <class Source>
 struct DecodeTasks {
   TensorView<const float> q;  // [B, Hq, Sq, Dk]
@@ -74,7 +74,8 @@ struct DecodeTasks {
       ranges_only = ranges_only && rules.back().ranges_only();
     }
     // The keys of this split that any row sees.
-    const index_t lo = split * chunk, hi = std::min(lo + chunk, length(b));
+    // (A split may start past a short sequence's end: then it is empty.)
+    const index_t lo = split * chunk, hi = std::max(lo, std::min(lo + chunk, length(b)));
     index_t first = hi, last = lo;
     for (index_t r = 0; r < R; ++r) {
       const KeyRange keys = rules[std::size_t(r / sq)].keys(r % sq);
@@ -106,10 +107,7 @@ struct DecodeTasks {
     const int lines_k = int((dk * 4 + 63) / 64), lines_v = int((dv * 4 + 63) / 64);
     for (index_t j0 = first; j0 < last; j0 += kTileKeys) {
       const index_t j1 = std::min(j0 + kTileKeys, last), known = std::min(j1 + kPrefetchRows, last);
-      for (index_t j = j0; j < known; ++j) {
-        kp[std::size_t(j - j0)] = kv.k_row(s, g, j);
-        vp[std::size_t(j - j0)] = kv.v_row(s, g, j);
-      }
+      kv.gather(s, g, j0, known - j0, kp.data(), vp.data());
       const GatheredRows krows{kp.data(), known - j0, lines_k},
           vrows{vp.data(), known - j0, lines_v};
       if (pack) pack_keys(krows, j1 - j0, dk, panels.data());
