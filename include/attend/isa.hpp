@@ -1,12 +1,20 @@
 // Instruction-set paths and their choice at run time.
 //
-// attend compiles every path into every program, each SIMD path inside functions that carry
-// their own target attributes, so a program built with baseline flags (no -march) runs the
-// best path the CPU offers and never executes an instruction the CPU lacks. The choice is
-// made once, from CPUID and the operating system's saved-state mask (XGETBV), unless the
-// environment variable ATTEND_ISA names a path (portable, avx2, avx512), and any call can
-// override it through its Context (attend/context.hpp) — that is how the tests run every
-// path this CPU can execute.
+// attend compiles every path of the target architecture into every program: on x86-64 the
+// avx2 and avx512 paths, each inside functions that carry their own target attributes, so
+// a program built with baseline flags (no -march) runs the best path the CPU offers and
+// never executes an instruction the CPU lacks; on aarch64 the neon path (Advanced SIMD is
+// part of the AArch64 baseline, so every aarch64 CPU runs it). The choice is made once,
+// from CPUID and the operating system's saved-state mask (XGETBV) on x86-64, unless the
+// environment variable ATTEND_ISA names a path (portable, avx2, avx512, neon), and any
+// call can override it through its Context (attend/context.hpp) — that is how the tests
+// run every path this CPU can execute.
+//
+// Defining ATTEND_NO_SIMD to 1 before including attend (CMake: -DATTEND_NO_SIMD=ON for
+// attend's own tests) compiles the portable path alone, on any architecture: no target
+// pragmas, no intrinsics headers, no CPUID, and supported_isas() is {portable}. Its
+// translation units get an inline namespace of their own (detail/config.hpp), so they
+// link with normal ones into one program.
 #pragma once
 
 #include "attend/detail/config.hpp"
@@ -17,11 +25,20 @@
 #include <string>
 #include <vector>
 
-#if defined(__x86_64__) || defined(_M_X64)
+// ATTEND_X86_64, ATTEND_AARCH64: 1 where attend compiles that architecture's SIMD paths.
+#if ATTEND_NO_SIMD
+#define ATTEND_X86_64 0
+#define ATTEND_AARCH64 0
+#elif defined(__x86_64__) || defined(_M_X64)
 #define ATTEND_X86_64 1
+#define ATTEND_AARCH64 0
 #include <cpuid.h>
+#elif defined(__aarch64__) || defined(_M_ARM64)
+#define ATTEND_X86_64 0
+#define ATTEND_AARCH64 1
 #else
 #define ATTEND_X86_64 0
+#define ATTEND_AARCH64 0
 #endif
 
 ATTEND_NAMESPACE_BEGIN
@@ -31,6 +48,7 @@ enum class Isa : std::uint8_t {
   portable,   // plain C++: the reference every other path is tested against
   avx2,       // AVX2 + FMA (x86-64 since 2013)
   avx512,     // AVX-512 F/BW/DQ/VL (x86-64 servers since 2017)
+  neon,       // Advanced SIMD (every aarch64 CPU)
 };
 
 inline const char* name(Isa isa) {
@@ -43,6 +61,8 @@ inline const char* name(Isa isa) {
       return "avx2";
     case Isa::avx512:
       return "avx512";
+    case Isa::neon:
+      return "neon";
   }
   return "unknown";
 }
@@ -53,6 +73,7 @@ namespace detail {
 struct CpuFeatures {
   bool avx2 = false;    // AVX2 and FMA, with the OS saving ymm state
   bool avx512 = false;  // AVX-512 F, BW, DQ, VL, with the OS saving zmm and mask state
+  bool neon = false;    // Advanced SIMD: every aarch64 CPU
 };
 
 inline CpuFeatures detect_cpu() {
@@ -74,6 +95,8 @@ inline CpuFeatures detect_cpu() {
                       (b & (1u << 31));  // F, DQ, BW, VL
   f.avx2 = os_ymm && avx2 && fma;
   f.avx512 = f.avx2 && os_zmm && avx512;
+#elif ATTEND_AARCH64
+  f.neon = true;
 #endif
   return f;
 }
@@ -95,6 +118,8 @@ inline bool supported(Isa isa) {
       return detail::cpu().avx2;
     case Isa::avx512:
       return detail::cpu().avx512;
+    case Isa::neon:
+      return detail::cpu().neon;
   }
   return false;
 }
@@ -102,7 +127,7 @@ inline bool supported(Isa isa) {
 // Every path this CPU can run, slowest first (automatic excluded).
 inline std::vector<Isa> supported_isas() {
   std::vector<Isa> out;
-  for (Isa isa : {Isa::portable, Isa::avx2, Isa::avx512})
+  for (Isa isa : {Isa::portable, Isa::avx2, Isa::avx512, Isa::neon})
     if (supported(isa)) out.push_back(isa);
   return out;
 }
@@ -114,10 +139,11 @@ inline Isa best_isa() {
 
 // Parses a path name as ATTEND_ISA spells it; throws std::invalid_argument otherwise.
 inline Isa parse_isa(const std::string& s) {
-  for (Isa isa : {Isa::automatic, Isa::portable, Isa::avx2, Isa::avx512})
+  for (Isa isa : {Isa::automatic, Isa::portable, Isa::avx2, Isa::avx512, Isa::neon})
     if (s == name(isa)) return isa;
   throw std::invalid_argument(
-      "attend: ATTEND_ISA: expected one of automatic, portable, avx2, avx512, got '" + s + "'");
+      "attend: ATTEND_ISA: expected one of automatic, portable, avx2, avx512, neon, got '" + s +
+      "'");
 }
 
 namespace detail {

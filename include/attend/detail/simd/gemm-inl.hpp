@@ -35,12 +35,18 @@ namespace mm {
 //     the most of b per step, but from the panel in L2, which keeps up).
 //   AVX2 (16 ymm): 6 x 2 vectors = 6 x 16 (BLIS's Haswell tile). 12 + 2 + 1 = 15
 //     registers, 12 chains, 8 loads per 12 FMAs.
+//   NEON (32 q registers of 4 lanes): AVX-512's shape, 6 x 4 vectors = 6 x 16, so the
+//     tile keys off the register count rather than the width. 24 accumulators + 4 + 1 =
+//     29 registers; 24 chains cover the FMA pipes of current cores (Neoverse N1: 2 pipes,
+//     V1: 4, 4-cycle latency, so 8 and 16 chains), where AVX2's 6 x 2 tile, 12 chains,
+//     would leave V1's pipes a quarter idle. 10 loads (4 vectors, 6 broadcasts, which are
+//     ld1r loads) per 24 FMAs. Not timed: no aarch64 machine at hand (tested under qemu).
 // Six rows also leave enough general registers to read a in place through six row
 // pointers, as fast as from a packed copy (measured), so a is never packed but for a last
 // panel of fewer than kMR rows.
 constexpr int kMR = 6;
 constexpr index_t kMRows = kMR;  // the same, for index arithmetic
-constexpr int kNV = Vec::lanes == 16 ? 4 : 2;
+constexpr int kNV = Vec::registers == 32 ? 4 : 2;
 constexpr index_t kNR = index_t(kNV) * Vec::lanes;
 
 // ---- Cache blocks -----------------------------------------------------------------------
@@ -186,9 +192,33 @@ inline void pack_a_panel(const float* src, index_t ld, index_t rows, index_t kc,
     for (index_t r = 0; r < kMRows; ++r) dst[p * kMR + r] = r < rows ? src[r * ld + p] : 0.0f;
 }
 
-// dst[p * ldd + r] = src[r * ld + p] for r, p < 8: an 8 x 8 transposition in ymm registers,
-// with AVX instructions, which both paths have. Rows r and r + 4 share a register (a
-// 128-bit half each), so two rounds of in-lane shuffles finish the job.
+// dst[p * ldd + r] = src[r * ld + p] for r, p < 8: the one operation here that no Vec
+// provides, written per architecture.
+#if ATTEND_AARCH64
+// Four 4 x 4 transpositions in q registers: trn1/trn2 pair the lanes of rows 0-1 and 2-3,
+// zip1/zip2 of their 64-bit halves then give whole columns.
+inline void transpose_8x8(const float* src, index_t ld, float* dst, index_t ldd) {
+  for (int r0 = 0; r0 < 8; r0 += 4)
+    for (int p0 = 0; p0 < 8; p0 += 4) {
+      const float* s = src + r0 * ld + p0;
+      const float32x4_t x0 = vld1q_f32(s), x1 = vld1q_f32(s + ld);
+      const float32x4_t x2 = vld1q_f32(s + 2 * ld), x3 = vld1q_f32(s + 3 * ld);
+      // With rc for src[(r0 + r) * ld + p0 + c]: x0 = 00 01 02 03, ..., t0 = 00 10 02 12,
+      // t1 = 01 11 03 13, t2 = 20 30 22 32, t3 = 21 31 23 33; column c = halves of t.
+      const float64x2_t t0 = vreinterpretq_f64_f32(vtrn1q_f32(x0, x1));
+      const float64x2_t t1 = vreinterpretq_f64_f32(vtrn2q_f32(x0, x1));
+      const float64x2_t t2 = vreinterpretq_f64_f32(vtrn1q_f32(x2, x3));
+      const float64x2_t t3 = vreinterpretq_f64_f32(vtrn2q_f32(x2, x3));
+      float* d = dst + p0 * ldd + r0;
+      vst1q_f32(d, vreinterpretq_f32_f64(vzip1q_f64(t0, t2)));
+      vst1q_f32(d + ldd, vreinterpretq_f32_f64(vzip1q_f64(t1, t3)));
+      vst1q_f32(d + 2 * ldd, vreinterpretq_f32_f64(vzip2q_f64(t0, t2)));
+      vst1q_f32(d + 3 * ldd, vreinterpretq_f32_f64(vzip2q_f64(t1, t3)));
+    }
+}
+#else
+// In ymm registers, with AVX instructions, which both x86 paths have. Rows r and r + 4
+// share a register (a 128-bit half each), so two rounds of in-lane shuffles finish the job.
 inline void transpose_8x8(const float* src, index_t ld, float* dst, index_t ldd) {
   for (int half = 0; half < 8; half += 4) {  // columns [half, half + 4) of src
     __m256 t[4];
@@ -203,6 +233,7 @@ inline void transpose_8x8(const float* src, index_t ld, float* dst, index_t ldd)
     _mm256_storeu_ps(dst + (half + 3) * ldd, _mm256_shuffle_ps(u1, u3, 0xee));
   }
 }
+#endif
 
 // The columns of op(b) in the panel that starts at column j, and the floats per row of its
 // buffer: kNR, or at the end of b fewer columns, rounded up to whole vectors and padded
