@@ -489,7 +489,7 @@ TYPED_TEST(MultiheadAttention, RejectsBadShapesWithoutWriting) {
 
   expect_rejected<T>(blk, "batch", [](C& c) { c.batch = 0; });
   expect_rejected<T>(blk, "num_heads", [](C& c) { c.w.num_heads = 0; });
-  expect_rejected<T>(blk, "num_kv_heads.heads", [](C& c) { c.w.num_kv_heads = 3; });
+  expect_rejected<T>(blk, "num_kv_heads", [](C& c) { c.w.num_kv_heads = 3; });
   // E = 66 is not a multiple of 4 heads.
   expect_rejected<T>(blk, "query.cols", [&](C& c) { c.query = wide.in(); });
   expect_rejected<T>(blk, "query", [](C& c) { c.query.data = nullptr; });

@@ -54,7 +54,7 @@ void check_attention(const Checker& c, TensorView<const T> q, TensorView<const T
   c.disjoint("o", o, "k", k);
   c.disjoint("o", o, "v", v);
   check_clear_of_options(c, "o", o, opts);
-  if (!lse.empty()) {
+  if (given(lse)) {
     c.tensor("lse", lse, {q.batch, q.heads, q.seq, 1});
     c.distinct_elements("lse", lse);
     c.disjoint("lse", lse, "q", q);
@@ -71,8 +71,9 @@ void check_attention(const Checker& c, TensorView<const T> q, TensorView<const T
 template <class T>
 void attention(TensorIn<T> q, TensorIn<T> k, TensorIn<T> v, TensorView<T> o,
                const AttentionOptions& opts = {}, TensorView<T> lse = {}, const Context& ctx = {}) {
-  detail::check_attention<T>(detail::Checker("attention"), q, k, v, o, opts, lse);
-  detail::attention<T>(resolve(ctx.isa), detail::executor_of(ctx), q, k, v, o, opts, lse);
+  const detail::Checker c("attention");
+  detail::check_attention<T>(c, q, k, v, o, opts, lse);
+  detail::attention<T>(c.isa(ctx), detail::executor_of(ctx), q, k, v, o, opts, lse);
 }
 
 ATTEND_NAMESPACE_END

@@ -114,7 +114,7 @@ class ThreadPool final : public Executor {
     index_t ran = 0;
     std::exception_ptr error;
     inside_task() = true;
-    for (index_t i; (i = job.next.fetch_add(1)) < job.n; ++ran) {
+    for (index_t i = 0; (i = job.next.fetch_add(1)) < job.n; ++ran) {
       try {
         (*job.task)(i);
       } catch (...) {
@@ -130,7 +130,7 @@ class ThreadPool final : public Executor {
   void work() const {
     std::uint64_t seen = 0;
     for (;;) {
-      Job* job;
+      Job* job = nullptr;
       {
         std::unique_lock<std::mutex> lock(mutex_);
         wake_.wait(lock, [&] { return stopping_ || (job_ && generation_ != seen); });
@@ -205,7 +205,8 @@ namespace detail {
 // The executor a call runs on.
 inline const Executor& executor_of(const Context& ctx) {
   static const SerialExecutor serial;
-  return ctx.executor ? *ctx.executor : serial;
+  if (ctx.executor) return *ctx.executor;
+  return serial;
 }
 }  // namespace detail
 

@@ -98,7 +98,7 @@ AttentionOptions check_decode(const Checker& c, TensorView<const T> q, const Cac
     check_clear_of_options(c, name, out, opts);
   };
   clear("o", o);
-  if (!lse.empty()) {
+  if (given(lse)) {
     c.tensor("lse", lse, {q.batch, q.heads, q.seq, 1});
     c.distinct_elements("lse", lse);
     c.disjoint("lse", lse, "o", o);
@@ -111,9 +111,9 @@ template <class T, class Cache>
 void decode_attention(TensorView<const T> q, const Cache& cache, TensorView<T> o,
                       const DecodeOptions& opts, TensorView<T> lse, const Context& ctx) {
   std::vector<std::int32_t> lengths;
-  const AttentionOptions eff =
-      check_decode<T>(Checker("decode_attention"), q, cache, o, opts, lse, lengths);
-  decode<T>(resolve(ctx.isa), executor_of(ctx), q, rows_of(cache), cache.k.heads, cache.v.dim,
+  const Checker c("decode_attention");
+  const AttentionOptions eff = check_decode<T>(c, q, cache, o, opts, lse, lengths);
+  decode<T>(c.isa(ctx), executor_of(ctx), q, rows_of(cache), cache.k.heads, cache.v.dim,
             opts.sequences.empty() ? nullptr : opts.sequences.data, eff, cache.capacity(), o, lse,
             opts.split_keys);
 }

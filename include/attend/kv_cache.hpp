@@ -213,6 +213,8 @@ template <class T, class Cache>
 void append_rows(const Checker& c, const Cache& cache, TensorView<const T> k_new,
                  TensorView<const T> v_new, Span<const std::int32_t> sequences,
                  const Context& ctx) {
+  if (sequences.size < 0)
+    c.fail("sequences.size", "expected a count >= 0, got " + std::to_string(sequences.size));
   c.tensor(
       "k_new", k_new,
       {sequences.empty() ? cache.sequences() : sequences.size, cache.k.heads, any, cache.k.dim});

@@ -49,6 +49,7 @@ struct QkvWeights {
     const index_t q_rows = q_heads * head_dim, kv_rows = kv_heads * head_dim;
     c.matrix("w", w, q_rows + 2 * kv_rows, detail::any);
     if (!b.empty()) c.expect(b.size, q_rows + 2 * kv_rows, "b.size", "(Hq + 2*Hkv) * D");
+    c.require(b.empty() || b.data != nullptr, "b", "null data");
     auto part = [&](index_t first, index_t rows) { return w.block(first, rows, 0, w.cols); };
     auto bias = [&](index_t first, index_t n) {
       return b.empty() ? Span<const T>{} : Span<const T>{b.data + first, n};
@@ -114,8 +115,9 @@ void run_project_heads(MatrixView<const T> x, MatrixView<const T> w, Span<const 
 template <class T>
 void linear(MatrixIn<T> x, MatrixIn<T> w, SpanIn<T> bias, MatrixView<T> y,
             WeightLayout layout = WeightLayout::out_in, const Context& ctx = {}) {
-  detail::check_linear(detail::Checker("linear"), x, w, bias, y, layout);
-  detail::gemm<T>(resolve(ctx.isa), detail::executor_of(ctx), x, w, layout == WeightLayout::out_in,
+  const detail::Checker c("linear");
+  detail::check_linear(c, x, w, bias, y, layout);
+  detail::gemm<T>(c.isa(ctx), detail::executor_of(ctx), x, w, layout == WeightLayout::out_in,
                   detail::acc_t<T>(1), bias.empty() ? nullptr : bias.data, false, y);
 }
 
@@ -125,14 +127,17 @@ void linear(MatrixIn<T> x, MatrixIn<T> w, SpanIn<T> bias, MatrixView<T> y,
 template <class T>
 void project_heads(MatrixIn<T> x, MatrixIn<T> w, SpanIn<T> bias, TensorView<T> out,
                    const Context& ctx = {}) {
-  detail::check_project_heads(detail::Checker("project_heads"), x, w, bias, out, "w", "bias",
-                              "out");
+  const detail::Checker c("project_heads");
+  detail::check_project_heads(c, x, w, bias, out, "w", "bias", "out");
+  c.isa(ctx);
   detail::run_project_heads(x, w, bias, out, ctx);
 }
 
 // Q, K and V from the same tokens x [B*S, E]: q [B, Hq, S, Dk], k [B, Hkv, S, Dk],
 // v [B, Hkv, S, Dv]. The three outputs may interleave in one buffer (BSHD views of a fused
-// [B, S, Hq + 2*Hkv, D] buffer) but must not overlap each other or the inputs.
+// [B, S, Hq + 2*Hkv, D] buffer) but must not overlap each other or the inputs. (Overlap
+// with the inputs is checked; among q, k and v it is not: interleaved views share one
+// address range, so telling them from overlapping ones needs their element sets.)
 template <class T>
 void project_qkv(MatrixIn<T> x, const QkvWeights<T>& w, TensorView<T> q, TensorView<T> k,
                  TensorView<T> v, const Context& ctx = {}) {
@@ -147,6 +152,7 @@ void project_qkv(MatrixIn<T> x, const QkvWeights<T>& w, TensorView<T> q, TensorV
     c.disjoint(name, out, "wk", w.wk), c.disjoint(name, out, "bk", w.bk);
     c.disjoint(name, out, "wv", w.wv), c.disjoint(name, out, "bv", w.bv);
   }
+  c.isa(ctx);
   detail::run_project_heads(x, w.wq, w.bq, q, ctx);
   detail::run_project_heads(x, w.wk, w.bk, k, ctx);
   detail::run_project_heads(x, w.wv, w.bv, v, ctx);
@@ -168,7 +174,7 @@ void project_output(TensorIn<T> o, MatrixIn<T> w, SpanIn<T> bias, MatrixView<T> 
   c.disjoint("y", y, "w", w);
   c.disjoint("y", y, "bias", bias);
   // Summing head by head: the concatenation is never formed.
-  const Isa isa = resolve(ctx.isa);
+  const Isa isa = c.isa(ctx);
   const index_t s = o.seq, d = o.dim;
   for (index_t b = 0; b < o.batch; ++b) {
     const MatrixView<T> yb = y.block(b * s, s, 0, y.cols);

@@ -20,8 +20,8 @@ void merge_values(MatrixIn<T> p, MatrixIn<T> v, MatrixView<T> o, const Context& 
   c.matrix("o", o, p.rows, v.cols);
   c.disjoint("o", o, "p", p);
   c.disjoint("o", o, "v", v);
-  detail::gemm<T>(resolve(ctx.isa), detail::executor_of(ctx), p, v, false, detail::acc_t<T>(1),
-                  nullptr, false, o);
+  detail::gemm<T>(c.isa(ctx), detail::executor_of(ctx), p, v, false, detail::acc_t<T>(1), nullptr,
+                  false, o);
 }
 
 // All heads: o [B, Hq, Sq, Dv] from p [B, Hq, Sq, Sk] and v [B, Hkv, Sk, Dv]; query head h
@@ -36,6 +36,7 @@ void merge_values(TensorIn<T> p, TensorIn<T> v, TensorView<T> o, const Context& 
   c.distinct_elements("o", o);
   c.disjoint("o", o, "p", p);
   c.disjoint("o", o, "v", v);
+  c.isa(ctx);
   detail::gemm_per_head<T>(ctx, p, v, false, detail::acc_t<T>(1), o);
 }
 

@@ -44,7 +44,9 @@ void multihead_attention(MatrixIn<T> query, MatrixIn<T> key, MatrixIn<T> value, 
   c.require(batch > 0, "batch", "expected at least 1, got " + std::to_string(batch));
   c.require(w.num_heads > 0, "num_heads", "expected at least 1");
   const index_t hq = w.num_heads, hkv = w.num_kv_heads ? w.num_kv_heads : w.num_heads;
-  detail::check_head_groups(c, hq, hkv, "num_kv_heads");
+  if (hkv <= 0 || hq % hkv != 0)
+    c.fail("num_kv_heads", "expected 0 (= num_heads) or a divisor of num_heads = " +
+                               std::to_string(hq) + ", got " + std::to_string(w.num_kv_heads));
   c.matrix("query", query, detail::any, detail::any);
   const index_t e = query.cols;
   c.require(
@@ -59,6 +61,9 @@ void multihead_attention(MatrixIn<T> query, MatrixIn<T> key, MatrixIn<T> value, 
   c.matrix("in_proj_weight", w.in_proj_weight, (hq + 2 * hkv) * d, e);
   if (!w.in_proj_bias.empty())
     c.expect(w.in_proj_bias.size, (hq + 2 * hkv) * d, "in_proj_bias.size", "(Hq + 2*Hkv) * D");
+  c.require(w.in_proj_bias.empty() || w.in_proj_bias.data != nullptr, "in_proj_bias", "null data");
+  c.require(w.out_proj_bias.empty() || w.out_proj_bias.data != nullptr, "out_proj_bias",
+            "null data");
   c.matrix("out_proj_weight", w.out_proj_weight, e, hq * d);
   if (!w.out_proj_bias.empty()) c.expect(w.out_proj_bias.size, e, "out_proj_bias.size", "E");
   for (const auto& [name, m] : {std::pair{"query", query},
@@ -69,6 +74,7 @@ void multihead_attention(MatrixIn<T> query, MatrixIn<T> key, MatrixIn<T> value, 
     c.disjoint("y", y, name, m);
   c.disjoint("y", y, "in_proj_bias", w.in_proj_bias);
   c.disjoint("y", y, "out_proj_bias", w.out_proj_bias);
+  detail::check_clear_of_options(c, "y", y, opts);
   const QkvWeights<T> qkv = QkvWeights<T>::packed(w.in_proj_weight, w.in_proj_bias, hq, hkv, d);
 
   const index_t sq = query.rows / batch, sk = key.rows / batch;
@@ -84,7 +90,7 @@ void multihead_attention(MatrixIn<T> query, MatrixIn<T> key, MatrixIn<T> value, 
   project_heads<T>(query, qkv.wq, qkv.bq, q, ctx);
   project_heads<T>(key, qkv.wk, qkv.bk, k, ctx);
   project_heads<T>(value, qkv.wv, qkv.bv, v, ctx);
-  detail::attention<T>(resolve(ctx.isa), detail::executor_of(ctx), q, k, v, o, opts, {});
+  detail::attention<T>(c.isa(ctx), detail::executor_of(ctx), q, k, v, o, opts, {});
   project_output<T>(o, w.out_proj_weight, w.out_proj_bias, y, ctx);
 }
 

@@ -78,6 +78,13 @@ class PackedWeight {
       return;
     }
 #endif
+#if ATTEND_AARCH64
+    if (isa_ == Isa::neon) {
+      data_.resize(std::size_t(detail::neon::packed_size(in_, out_)));
+      detail::neon::pack_weight(w, out_in, in_, out_, data_.data());
+      return;
+    }
+#endif
     // The portable path reads W as it is: a dense copy.
     data_.resize(std::size_t(w.rows * w.cols));
     for (index_t i = 0; i < w.rows; ++i)
@@ -118,6 +125,11 @@ inline void linear_packed(const Executor& executor, MatrixView<const float> x,
   if (w.isa() == Isa::avx2)
     return avx2::gemm_packed(x, w.data().data, 1.0f, bias, false, y, executor);
 #endif
+#if ATTEND_AARCH64
+  if (w.isa() == Isa::neon)
+    return neon::gemm_packed(x, w.data().data, 1.0f, bias, false, y, executor);
+#endif
+  (void)executor;  // unused where no SIMD path is compiled
   const bool out_in = w.layout() == WeightLayout::out_in;
   const index_t rows = out_in ? w.out_features() : w.in_features();
   const index_t cols = out_in ? w.in_features() : w.out_features();
@@ -138,7 +150,7 @@ inline void linear(MatrixIn<float> x, const PackedWeight& w, SpanIn<float> bias,
   c.disjoint("y", y, "x", x);
   c.disjoint("y", y, "w", w.data());
   c.disjoint("y", y, "bias", bias);
-  const Isa isa = resolve(ctx.isa);
+  const Isa isa = c.isa(ctx);
   if (isa != w.isa())
     c.fail("w", std::string("packed for the ") + name(w.isa()) + " path, but the call runs the " +
                     name(isa) + " path (pack the weight for that path, or set Context::isa)");

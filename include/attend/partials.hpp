@@ -53,7 +53,7 @@ void check_partials(const Checker& c, Span<const AttentionPart<T>> parts, Tensor
   c.require(parts.data != nullptr, "parts", "null data");
   c.tensor("o", o, {any, any, any, any});
   c.distinct_elements("o", o);
-  if (!lse.empty()) {
+  if (given(lse)) {
     c.tensor("lse", lse, {o.batch, o.heads, o.seq, 1});
     c.distinct_elements("lse", lse);
     c.disjoint("lse", lse, "o", o);
@@ -64,7 +64,7 @@ void check_partials(const Checker& c, Span<const AttentionPart<T>> parts, Tensor
     c.tensor(name + ".lse", parts[i].lse, {o.batch, o.heads, o.seq, 1});
     if (!same_view(parts[i].o, o)) c.disjoint("o", o, name + ".o", parts[i].o);
     c.disjoint("o", o, name + ".lse", parts[i].lse);
-    if (!lse.empty()) {
+    if (given(lse)) {
       if (!same_view(parts[i].lse, lse)) c.disjoint("lse", lse, name + ".lse", parts[i].lse);
       c.disjoint("lse", lse, name + ".o", parts[i].o);
     }

@@ -34,7 +34,7 @@ void scores(MatrixIn<T> q, MatrixIn<T> k, double scale, MatrixView<T> s, const C
   c.matrix("s", s, q.rows, k.rows);
   c.disjoint("s", s, "q", q);
   c.disjoint("s", s, "k", k);
-  detail::gemm<T>(resolve(ctx.isa), detail::executor_of(ctx), q, k, true, detail::acc_t<T>(scale),
+  detail::gemm<T>(c.isa(ctx), detail::executor_of(ctx), q, k, true, detail::acc_t<T>(scale),
                   nullptr, false, s);
 }
 
@@ -51,6 +51,7 @@ void scores(TensorIn<T> q, TensorIn<T> k, double scale, TensorView<T> s, const C
   c.distinct_elements("s", s);
   c.disjoint("s", s, "q", q);
   c.disjoint("s", s, "k", k);
+  c.isa(ctx);
   detail::gemm_per_head<T>(ctx, q, k, true, detail::acc_t<T>(scale), s);
 }
 

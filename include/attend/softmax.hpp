@@ -23,22 +23,26 @@ ATTEND_NAMESPACE_BEGIN
 
 namespace detail {
 
+// s_name and p_name are the arguments' names in the public call (in place, both are
+// "scores").
 template <class T>
 void masked_softmax(const Checker& c, TensorView<const T> s, TensorView<T> p, const ScoreOptions& o,
-                    TensorView<T> lse, const Context& ctx) {
-  c.tensor("scores", s, {any, any, any, any});
-  c.tensor("probs", p, {s.batch, s.heads, s.seq, s.dim});
-  c.distinct_elements("probs", p);
-  if (!same_view(s, p)) c.disjoint("probs", p, "scores", s);
+                    TensorView<T> lse, const Context& ctx, const char* s_name = "scores",
+                    const char* p_name = "probs") {
+  c.tensor(s_name, s, {any, any, any, any});
+  c.tensor(p_name, p, {s.batch, s.heads, s.seq, s.dim});
+  c.distinct_elements(p_name, p);
+  if (!same_view(s, p)) c.disjoint(p_name, p, s_name, s);
   check_score_options(c, o, s.batch, s.heads, s.seq, s.dim);
-  check_clear_of_options(c, "probs", p, o);
-  if (!lse.empty()) {
+  check_clear_of_options(c, p_name, p, o);
+  if (given(lse)) {
     c.tensor("lse", lse, {s.batch, s.heads, s.seq, 1});
     c.distinct_elements("lse", lse);
-    c.disjoint("lse", lse, "scores", s);
-    c.disjoint("lse", lse, "probs", p);
+    c.disjoint("lse", lse, s_name, s);
+    if (!same_view(s, p)) c.disjoint("lse", lse, p_name, p);
     check_clear_of_options(c, "lse", lse, o);
   }
+  c.isa(ctx);
   // Tasks of up to 64 rows of one (batch, head).
   constexpr index_t rows_per_task = 64;
   const index_t chunks = (s.seq + rows_per_task - 1) / rows_per_task;
@@ -72,7 +76,8 @@ void softmax(TensorIn<T> scores, TensorView<T> probs, const ScoreOptions& opts =
 template <class T>
 void softmax(TensorView<T> scores, const ScoreOptions& opts, TensorView<T> lse = {},
              const Context& ctx = {}) {
-  detail::masked_softmax<T>(detail::Checker("softmax"), scores, scores, opts, lse, ctx);
+  detail::masked_softmax<T>(detail::Checker("softmax"), scores, scores, opts, lse, ctx, "scores",
+                            "scores");
 }
 
 // Plain row softmax of a matrix x [rows, cols] into y [rows, cols] (y may be x).
@@ -85,7 +90,7 @@ void softmax(MatrixIn<T> x, MatrixView<T> y, const Context& ctx = {}) {
   if (!in_place) c.disjoint("y", y, "x", x);
   const TensorView<const T> xs{x.data, 1, 1, x.rows, x.cols, 0, 0, x.stride};
   const TensorView<T> ys{y.data, 1, 1, y.rows, y.cols, 0, 0, y.stride};
-  detail::masked_softmax<T>(c, xs, ys, {}, {}, ctx);
+  detail::masked_softmax<T>(c, xs, ys, {}, {}, ctx, "x", "y");
 }
 
 // Plain row softmax of x [rows, cols] in place.

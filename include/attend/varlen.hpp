@@ -57,9 +57,9 @@ void attention_varlen(TensorIn<T> q, TensorIn<T> k, TensorIn<T> v,
                       const Context& ctx = {}) {
   const detail::Checker c("attention_varlen");
   c.tensor("q", q, {1, detail::any, detail::any, detail::any});
-  for (const auto& [name, set] :
-       {std::pair{"opts.key_lengths", !opts.key_lengths.empty()},
-        std::pair{"opts.bias", !opts.bias.empty()}, std::pair{"opts.mask", !opts.mask.empty()}})
+  for (const auto& [name, set] : {std::pair{"opts.key_lengths", !opts.key_lengths.empty()},
+                                  std::pair{"opts.bias", detail::given(opts.bias)},
+                                  std::pair{"opts.mask", detail::given(opts.mask)}})
     if (set) c.fail(name, "expected none: packed sequences have no common [Sq, Sk] shape");
   detail::check_attention<T>(c, q, k, v, o, opts, lse);
   detail::check_offsets(c, "cu_seqlens_q", cu_seqlens_q, q.seq);
@@ -70,7 +70,7 @@ void attention_varlen(TensorIn<T> q, TensorIn<T> k, TensorIn<T> v,
     c.disjoint(name, out, "cu_seqlens_q", cu_seqlens_q);
     c.disjoint(name, out, "cu_seqlens_k", cu_seqlens_k);
   }
-  const Isa isa = resolve(ctx.isa);
+  const Isa isa = c.isa(ctx);
   for (index_t s = 0; s + 1 < cu_seqlens_q.size; ++s) {
     const index_t q0 = cu_seqlens_q[s], sq = cu_seqlens_q[s + 1] - q0;
     const index_t k0 = cu_seqlens_k[s], sk = cu_seqlens_k[s + 1] - k0;

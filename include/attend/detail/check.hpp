@@ -14,6 +14,8 @@
 #include <stdexcept>
 #include <string>
 
+#include "attend/context.hpp"
+#include "attend/isa.hpp"
 #include "attend/view.hpp"
 
 ATTEND_NAMESPACE_BEGIN
@@ -70,6 +72,13 @@ bool same_view(const TensorView<const T>& a, const TensorView<T>& b) {
   return a.data == b.data && a.batch == b.batch && a.heads == b.heads && a.seq == b.seq &&
          a.dim == b.dim && a.batch_stride == b.batch_stride && a.head_stride == b.head_stride &&
          a.seq_stride == b.seq_stride;
+}
+
+// Is an optional view given? Empty means a null pointer AND no extents: a null pointer
+// with extents is a mistake the checks report, never a silent "absent".
+template <class T>
+bool given(const TensorView<T>& t) {
+  return t.data != nullptr || t.batch || t.heads || t.seq || t.dim;
 }
 
 // Collects the checks of one public call; `fn` names the call in every message.
@@ -142,6 +151,13 @@ class Checker {
         fail(arg, "strides make elements overlap (an output needs distinct elements)");
       span = stride * (extent - 1) + span;
     }
+  }
+
+  // The path the call runs: ctx's, which this CPU must be able to run.
+  Isa isa(const Context& ctx) const {
+    if (!supported(ctx.isa))
+      fail("ctx.isa", std::string("this CPU cannot run the ") + name(ctx.isa) + " path");
+    return resolve(ctx.isa);
   }
 
   // An output may not share memory with an input.

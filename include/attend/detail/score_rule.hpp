@@ -49,8 +49,8 @@ inline void check_score_options(const Checker& c, const ScoreOptions& o, index_t
                                   std::to_string(o.key_lengths[b]) + " at batch " +
                                   std::to_string(b));
   }
-  if (!o.bias.empty()) check_broadcast(c, "bias", o.bias, batch, heads, sq, sk);
-  if (!o.mask.empty()) check_broadcast(c, "mask", o.mask, batch, heads, sq, sk);
+  if (given(o.bias)) check_broadcast(c, "bias", o.bias, batch, heads, sq, sk);
+  if (given(o.mask)) check_broadcast(c, "mask", o.mask, batch, heads, sq, sk);
   if (!o.alibi_slopes.empty()) {
     c.expect(o.alibi_slopes.size, heads, "alibi_slopes.size", "one slope per query head");
     c.require(o.alibi_slopes.data != nullptr, "alibi_slopes", "null data");
