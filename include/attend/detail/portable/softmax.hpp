@@ -44,7 +44,7 @@ acc_t<T> softmax_row(const ScoreRule<acc_t<T>>& rule, index_t i, const T* s, ind
   for (index_t j = end; j < n; ++j) p[j] = T(0);
   if (m == -inf) {  // every key masked, or every visible logit -inf: no mass anywhere
     const Acc fill = has_nan ? std::numeric_limits<Acc>::quiet_NaN() : Acc(0);
-    for (index_t j = begin; j < end; ++j) p[j] = static_cast<T>(fill);
+    for (index_t j = begin; j < end; ++j) p[j] = rule.hidden(i, j) ? T(0) : static_cast<T>(fill);
     return has_nan ? fill : -inf;
   }
   // exp(l - m), reading l == m as exactly 1 so that m = +inf needs no inf - inf.
@@ -54,7 +54,9 @@ acc_t<T> softmax_row(const ScoreRule<acc_t<T>>& rule, index_t i, const T* s, ind
     scratch[j] = shifted_exp(scratch[j]);
     z += scratch[j];
   }
-  for (index_t j = begin; j < end; ++j) p[j] = static_cast<T>(scratch[j] / z);
+  // Keys the boolean mask hides stay exact zeros even in a row that a NaN made NaN.
+  for (index_t j = begin; j < end; ++j)
+    p[j] = has_nan && rule.hidden(i, j) ? T(0) : static_cast<T>(scratch[j] / z);
   return m + std::log(z);
 }
 

@@ -100,6 +100,9 @@ inline float softmax_row(const ScoreRule<float>& rule, index_t i, const float* s
   const float c = m * log2e;
   const float z = softmax_exp(l, begin, end, c, p) + std::exp2(std::fma(sink, log2e, -c));
   softmax_scale(p, begin, end, 1.0f / z);
+  if (std::isnan(z) && !rule.ranges_only())  // a NaN row: keys the mask hides stay 0
+    for (index_t j = begin; j < end; ++j)
+      if (rule.hidden(i, j)) p[j] = 0.0f;
   const float delta = std::fma(m, log2e, -c);  // exact: the rounding error of c
   return m + (std::log(z) - delta * ln2);
 }
