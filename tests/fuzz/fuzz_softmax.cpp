@@ -98,8 +98,8 @@ void masked(Case& c, fuzz::Values& values, attend::Context ctx) {
       case 0:
         if (!in_place) probs.seq += 1, arg = "probs";
         break;
-      case 1:  // overlapping the scores without being the same view
-        if (!in_place && has_elements) probs.data = s->view.data + 1, arg = "probs";
+      case 1:  // overlapping the scores (two elements or more) without being the same view
+        if (!in_place && B * H * Sq * Sk > 1) probs.data = s->view.data + 1, arg = "probs";
         break;
       case 2:
         if (with_lse) lse_view.dim = 2, arg = "lse";
@@ -167,7 +167,7 @@ void plain(Case& c, fuzz::Values& values, attend::Context ctx) {
     std::string arg;
     if (broken == 0 && !in_place) ym.rows += 1, arg = "y";
     if (broken == 1 && rows > 1 && cols > 0) xm.stride = ym.stride = cols - 1, arg = "x";
-    if (broken == 2 && !in_place && rows * cols > 0) ym.data = xm.data + 1, arg = "y";
+    if (broken == 2 && !in_place && rows * cols > 1) ym.data = xm.data + 1, arg = "y";
     if (arg.empty()) xm.rows = ym.rows = -1, arg = "x";
     c.rejected("softmax", arg, call, x->storage, y->storage);
     return;
