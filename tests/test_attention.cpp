@@ -373,6 +373,29 @@ TYPED_TEST(Attention, RowOfMinusInfinityScoresYieldsZeros) {
       expect_empty_row(p, b, h, 4, -std::numeric_limits<T>::infinity());
 }
 
+// An additive -inf mask hides keys as the boolean mask does: a row whose every logit is
+// -inf is fully masked, zeros whatever the value rows hold; the rows that do see the NaN
+// value row are NaN.
+TYPED_TEST(Attention, RowOfMinusInfinityScoresIgnoresWhatItsValuesHold) {
+  using T = TypeParam;
+  TensorBuffer<float> bias(1, 1, 7, 17);
+  bias.fill_random(3);
+  for (index_t j = 0; j < 17; ++j)
+    bias.view.row(0, 0, 4)[j] = -std::numeric_limits<float>::infinity();
+  AttentionOptions opts;
+  opts.bias = bias.in();
+  Problem<T> p({1, 2, 1, 7, 17, 16, 16, Layout::bhsd});
+  fill_row(p.v, 0, 0, 3, std::numeric_limits<T>::quiet_NaN());
+  run_and_check(p, opts);
+  for (index_t h = 0; h < 2; ++h)
+    for (index_t i = 0; i < 7; ++i) {
+      if (i == 4)
+        expect_empty_row(p, 0, h, i, -std::numeric_limits<T>::infinity());
+      else
+        EXPECT_TRUE(nan_row(p, 0, h, i)) << "row " << i;
+    }
+}
+
 TYPED_TEST(Attention, BooleanMaskBroadcastsOverBatchAndHeads) {
   const index_t B = 2, H = 4, Sq = 7, Sk = 17;
   for (Layout layout : kLayouts)
@@ -452,6 +475,26 @@ TYPED_TEST(Attention, FullyMaskedRowWithSinkYieldsZerosAndTheSinkAsLse) {
   for (index_t b = 0; b < 2; ++b)
     for (index_t h = 0; h < 2; ++h)
       for (index_t i = 0; i < 10; ++i) expect_empty_row(p, b, h, i, T(sinks[h]));
+}
+
+// A NaN sink joins every row's denominator z, seen keys or not, and o = (sum p v) / z: every
+// row of its head is NaN, output and LSE, the rows that see no key included. The other
+// head is untouched.
+TYPED_TEST(Attention, NaNSinkMakesEveryRowOfItsHeadNaN) {
+  using T = TypeParam;
+  const std::vector<float> sinks{std::numeric_limits<float>::quiet_NaN(), 0.5f};
+  AttentionOptions opts;
+  opts.sinks = sinks;
+  opts.causal = true;  // Sq > Sk, bottom-right: rows 0..9 see no key
+  Problem<T> p({2, 2, 1, 17, 7, 16, 16, Layout::bhsd});
+  run_and_check(p, opts);
+  for (index_t b = 0; b < 2; ++b)
+    for (index_t i = 0; i < 17; ++i) {
+      EXPECT_TRUE(std::isnan(p.row_lse(b, 0, i))) << "row " << i;
+      EXPECT_TRUE(nan_row(p, b, 0, i)) << "row " << i;
+      EXPECT_FALSE(std::isnan(p.row_lse(b, 1, i))) << "row " << i;
+      EXPECT_FALSE(nan_row(p, b, 1, i)) << "row " << i;
+    }
 }
 
 TYPED_TEST(Attention, ScaleOverridesTheDefault) {
@@ -543,13 +586,13 @@ TYPED_TEST(Attention, HugeScaleGivesOneHotRowsAndNoNaN) {
   EXPECT_GT(one_hot_rows, 30);  // nearly all 34 rows of random data have a clear maximum
 }
 
-// A scale of T's largest value overflows logits to +-inf in T. Keys at +inf share the mass,
-// keys at -inf get none; nothing becomes NaN and each output stays in the convex hull of
-// the value rows.
+// The largest scale accepted (half of float's range) overflows the float logits of
+// |q . k| > 2 to +-inf. Keys at +inf share the mass, keys at -inf get none; nothing becomes
+// NaN and each output stays in the convex hull of the value rows.
 TYPED_TEST(Attention, ScaleOverflowingLogitsToInfinityGivesNoNaN) {
   using T = TypeParam;
   AttentionOptions opts;
-  opts.scale = double(std::numeric_limits<T>::max());
+  opts.scale = double(std::numeric_limits<float>::max()) / 2;
   opts.causal = true;
   Problem<T> p({1, 2, 1, 17, 17, 16, 16, Layout::bhsd});
   p.run(opts);
@@ -715,6 +758,25 @@ TYPED_TEST(Attention, ZeroSizeExtentsWriteNothing) {
 TYPED_TEST(Attention, ZeroWidthValuesStillGiveLse) {
   Problem<TypeParam> p({2, 2, 1, 7, 17, 16, 0, Layout::bshd});
   run_and_check(p, {});
+}
+
+// Keys of width 0: every logit is 0, so each row averages the values it sees. The shapes
+// fill whole micro-tiles (prefill) and whole grouped-query tiles (decode), where the fused
+// kernels have no packed keys to read.
+TYPED_TEST(Attention, ZeroWidthKeysAverageTheVisibleValues) {
+  AttentionOptions causal;
+  causal.causal = true;
+  const std::vector<float> slopes = alibi_slopes(4);
+  AttentionOptions alibi = causal;
+  alibi.alibi_slopes = slopes;
+  for (const Shape& s :
+       {Shape{2, 4, 2, 29, 37, 0, 16, Layout::bhsd}, Shape{1, 32, 2, 1, 37, 0, 16, Layout::bshd},
+        Shape{1, 32, 2, 3, 65, 0, 7, Layout::bhsd}}) {
+    Problem<TypeParam> p(s);
+    run_and_check(p, {});
+    run_and_check(p, causal);
+    if (s.q_heads == 4) run_and_check(p, alibi);
+  }
 }
 
 // ---------------------------------------------------------------------------------------

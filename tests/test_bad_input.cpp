@@ -295,8 +295,8 @@ void bad_options(Catalogue<A>& c, const OptionArrays& arrays, const std::string&
   c.refuses("window.left = -2", "window.left", "got -2", [](A& a) { a.opts.window.left = -2; });
   c.refuses("window.right = -5", "window.right", "(-1), got -5",
             [](A& a) { a.opts.window.right = -5; });
-  for (double cap : {-1.0, nan, inf})
-    c.refuses("softcap = " + std::to_string(cap), "softcap", "expected a finite value >= 0",
+  for (double cap : {-1.0, nan, inf, 2e38})
+    c.refuses("softcap = " + std::to_string(cap), "softcap", "expected a value in [0, 1.7e38]",
               [cap](A& a) { a.opts.softcap = cap; });
   c.refuses("alibi_slopes one long", "alibi_slopes.size", "expected " + str(arrays.heads),
             [](A& a) { ++a.opts.alibi_slopes.size; });
@@ -592,7 +592,7 @@ TYPED_TEST(BadInput, ScoresOfOneHead) {
   };
   Catalogue<A> c("scores", {q.in(), k.in(), 0.5, s.view},
                  [](const A& a) { attend::scores<T>(a.q, a.k, a.scale, a.s); });
-  for (double scale : {nan, inf, -inf})
+  for (double scale : {nan, inf, -inf, -2 * double(std::numeric_limits<T>::max())})
     c.refuses("scale = " + std::to_string(scale), "scale", "expected a finite value",
               [scale](A& a) { a.scale = scale; });
   malformed(c, "q", &A::q);
@@ -618,7 +618,7 @@ TYPED_TEST(BadInput, Scores) {
   };
   Catalogue<A> c("scores", {q.in(), k.in(), 0.5, s.view},
                  [](const A& a) { attend::scores<T>(a.q, a.k, a.scale, a.s); });
-  for (double scale : {nan, inf})
+  for (double scale : {nan, inf, 2 * double(std::numeric_limits<T>::max())})
     c.refuses("scale = " + std::to_string(scale), "scale", "expected a finite value",
               [scale](A& a) { a.scale = scale; });
   malformed(c, "q", &A::q);
@@ -819,7 +819,7 @@ TYPED_TEST(BadInput, Attention) {
   mismatch(c, "v", &A::v, "[2, 2, 5, *]", "bhs");
   mismatch(c, "o", &A::o, "[2, 4, 3, 3]", "bhsd");
   mismatch(c, "lse", &A::lse, "[2, 4, 3, 1]", "bhsd");
-  for (double scale : {nan, inf})
+  for (double scale : {nan, inf, 2e38})
     c.refuses("scale = " + std::to_string(scale), "scale", "expected a finite value",
               [scale](A& a) { a.opts.scale = scale; });
   bad_options(c, arrays, "o", o.storage.data());

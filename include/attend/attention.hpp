@@ -18,7 +18,8 @@
 //
 // Aliasing: o and lse may not overlap q, k, v, each other or any array of the options.
 // NaN in q, k, v or the bias propagates to exactly the output rows that see it: keys a row
-// cannot see never reach it, whatever their K and V rows hold.
+// cannot see never reach it, whatever their K and V rows hold. A row whose every visible
+// logit is -inf is fully masked (zeros, LSE -inf); a NaN sink makes its head's rows NaN.
 #pragma once
 
 #include "attend/detail/config.hpp"
@@ -48,7 +49,7 @@ void check_attention(const Checker& c, TensorView<const T> q, TensorView<const T
   c.tensor("v", v, {q.batch, k.heads, k.seq, any});
   c.tensor("o", o, {q.batch, q.heads, q.seq, v.dim});
   c.distinct_elements("o", o);
-  if (opts.scale) check_scale(c, *opts.scale);
+  if (opts.scale) check_scale(c, *opts.scale, kMaxFactor);
   check_score_options(c, opts, q.batch, q.heads, q.seq, k.seq);
   c.disjoint("o", o, "q", q);
   c.disjoint("o", o, "k", k);

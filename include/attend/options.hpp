@@ -65,7 +65,8 @@ struct ScoreOptions {
 
   // [heads]: ALiBi slope per query head; adds -slope * |i + d - j|.
   Span<const float> alibi_slopes{};
-  // > 0: logits are soft-capped to (-softcap, softcap); 0 turns it off.
+  // > 0: logits are soft-capped to (-softcap, softcap); 0 turns it off. At most 1.7e38
+  // (half of float's range: the SIMD paths fold log2(e) into it).
   double softcap = 0.0;
   // [heads]: one extra logit per query head that joins the softmax denominator only
   // (attention sinks: Xiao et al. 2023, as in gpt-oss).
@@ -79,7 +80,7 @@ inline double default_scale(index_t dk) {
 
 // Options of the whole attention call: the score options plus the scale.
 struct AttentionOptions : ScoreOptions {
-  // Multiplies Q K^T; unset means 1 / sqrt(Dk).
+  // Multiplies Q K^T; unset means 1 / sqrt(Dk). Finite, |scale| <= 1.7e38 (as softcap).
   std::optional<double> scale{};
 };
 

@@ -8,6 +8,8 @@
 #include "attend/detail/config.hpp"
 
 #include <cmath>
+#include <cstdio>
+#include <limits>
 #include <string>
 
 #include "attend/context.hpp"
@@ -19,8 +21,14 @@
 ATTEND_NAMESPACE_BEGIN
 
 namespace detail {
-inline void check_scale(const Checker& c, double scale) {
-  c.require(std::isfinite(scale), "scale", "expected a finite value, got " + std::to_string(scale));
+// A finite scale with |scale| <= limit (NaN fails the comparison): T's largest value for
+// scores, which compute in T; kMaxFactor for attention (see score_rule.hpp).
+inline void check_scale(const Checker& c, double scale, double limit) {
+  char bound[16];
+  std::snprintf(bound, sizeof bound, "%.2g", limit);
+  c.require(std::abs(scale) <= limit, "scale",
+            std::string("expected a finite value with |scale| <= ") + bound + ", got " +
+                std::to_string(scale));
 }
 }  // namespace detail
 
@@ -28,7 +36,7 @@ inline void check_scale(const Checker& c, double scale) {
 template <class T>
 void scores(MatrixIn<T> q, MatrixIn<T> k, double scale, MatrixView<T> s, const Context& ctx = {}) {
   const detail::Checker c("scores");
-  detail::check_scale(c, scale);
+  detail::check_scale(c, scale, double(std::numeric_limits<T>::max()));
   c.matrix("q", q, detail::any, detail::any);
   c.matrix("k", k, detail::any, q.cols);
   c.matrix("s", s, q.rows, k.rows);
@@ -43,7 +51,7 @@ void scores(MatrixIn<T> q, MatrixIn<T> k, double scale, MatrixView<T> s, const C
 template <class T>
 void scores(TensorIn<T> q, TensorIn<T> k, double scale, TensorView<T> s, const Context& ctx = {}) {
   const detail::Checker c("scores");
-  detail::check_scale(c, scale);
+  detail::check_scale(c, scale, double(std::numeric_limits<T>::max()));
   c.tensor("q", q, {detail::any, detail::any, detail::any, detail::any});
   c.tensor("k", k, {q.batch, detail::any, detail::any, q.dim});
   detail::check_head_groups(c, q.heads, k.heads, "k");

@@ -188,7 +188,7 @@ inline Attention attention(const Tensor& q, const Tensor& k, const Tensor& v,
                            const attend::AttentionOptions& o) {
   const index_t B = q.b, Hq = q.h, Sq = q.s, Dk = q.d, Sk = k.s, Dv = v.d;
   const index_t group = Hq / k.h;
-  const real scale = o.scale ? real(*o.scale) : 1 / std::sqrt(real(Dk));
+  const real scale = o.scale ? real(*o.scale) : real(attend::default_scale(Dk));
   Tensor s(B, Hq, Sq, Sk), s_slack(B, Hq, Sq, Sk);
   for (index_t b = 0; b < B; ++b)
     for (index_t h = 0; h < Hq; ++h)
@@ -206,9 +206,19 @@ inline Attention attention(const Tensor& q, const Tensor& k, const Tensor& v,
   Attention r{Tensor(B, Hq, Sq, Dv), Tensor(B, Hq, Sq, Dv), {}, {}, softmax(s, s_slack, o)};
   r.lse = r.rows.lse;
   r.slack = r.rows.slack;
+  const real inf = std::numeric_limits<real>::infinity();
   for (index_t b = 0; b < B; ++b)
     for (index_t h = 0; h < Hq; ++h)
-      for (index_t i = 0; i < Sq; ++i)
+      for (index_t i = 0; i < Sq; ++i) {
+        // A row without mass (every visible logit -inf, as an additive -inf mask gives) is
+        // fully masked: zeros whatever V holds. A NaN denominator (a NaN logit, or a NaN
+        // sink) makes o = (sum p v) / z NaN, keys seen or not.
+        const real row_lse = r.lse(b, h, i, 0);
+        if (row_lse == -inf) continue;
+        if (std::isnan(row_lse)) {
+          for (index_t d = 0; d < Dv; ++d) r.o(b, h, i, d) = row_lse;
+          continue;
+        }
         for (index_t j = 0; j < Sk; ++j) {
           if (!visible(o, b, h, i, j, Sq, Sk)) continue;  // hidden keys take no part at all
           const real p = r.rows.p(b, h, i, j);
@@ -217,6 +227,7 @@ inline Attention attention(const Tensor& q, const Tensor& k, const Tensor& v,
             r.o_abs(b, h, i, d) += std::fabs(p * v(b, h / group, j, d));
           }
         }
+      }
   return r;
 }
 

@@ -29,6 +29,11 @@ void check_broadcast(const Checker& c, const char* name, const TensorView<const 
                      std::to_string(t.heads));
 }
 
+// The largest scale or softcap accepted. The SIMD paths compute in float and fold log2(e)
+// ~ 1.44 into these factors, so a value past half of float's range would become inf there
+// (and 0 * inf a NaN logit) where the double reference stays finite.
+constexpr double kMaxFactor = double(std::numeric_limits<float>::max()) / 2;
+
 // Validates `o` for scores of shape [batch, heads, sq, sk].
 inline void check_score_options(const Checker& c, const ScoreOptions& o, index_t batch,
                                 index_t heads, index_t sq, index_t sk) {
@@ -38,8 +43,9 @@ inline void check_score_options(const Checker& c, const ScoreOptions& o, index_t
     if (w[i] < Window::unbounded)
       c.fail(side[i],
              "expected a key count >= 0 or Window::unbounded (-1), got " + std::to_string(w[i]));
-  if (!std::isfinite(o.softcap) || o.softcap < 0)
-    c.fail("softcap", "expected a finite value >= 0 (0 = off), got " + std::to_string(o.softcap));
+  if (!(o.softcap >= 0 && o.softcap <= kMaxFactor))
+    c.fail("softcap",
+           "expected a value in [0, 1.7e38] (0 = off), got " + std::to_string(o.softcap));
   if (!o.key_lengths.empty()) {
     c.expect(o.key_lengths.size, batch, "key_lengths.size", "one length per batch");
     c.require(o.key_lengths.data != nullptr, "key_lengths", "null data");

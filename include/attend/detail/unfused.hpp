@@ -6,7 +6,9 @@
 #include "attend/detail/config.hpp"
 
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
+#include <limits>
 #include <vector>
 
 #include "attend/context.hpp"
@@ -20,16 +22,21 @@ ATTEND_NAMESPACE_BEGIN
 namespace detail {
 
 // o_i = sum of p_ij v_j over the keys j row i can see. Hidden keys are skipped rather than
-// multiplied by their zero weight, so whatever their V rows hold (NaN, inf) stays out.
+// multiplied by their zero weight, so whatever their V rows hold (NaN, inf) stays out. A row
+// with no mass (lse[i] = -inf: every visible logit -inf, as an additive -inf mask gives) is
+// fully masked too, and gets zeros; a row with a NaN denominator (lse[i] NaN: a NaN logit or
+// sink) is NaN, keys or none.
 template <class T>
-void merge_visible(const ScoreRule<acc_t<T>>& rule, MatrixView<const T> p, MatrixView<const T> v,
-                   MatrixView<T> o) {
+void merge_visible(const ScoreRule<acc_t<T>>& rule, MatrixView<const T> p, const acc_t<T>* lse,
+                   MatrixView<const T> v, MatrixView<T> o) {
   using Acc = acc_t<T>;
   std::vector<Acc> row(static_cast<std::size_t>(v.cols));
   for (index_t i = 0; i < p.rows; ++i) {
     std::fill(row.begin(), row.end(), Acc(0));
     const KeyRange keys = rule.keys(i);
-    for (index_t j = keys.begin; j < std::min(keys.end, p.cols); ++j) {
+    if (std::isnan(lse[i])) std::fill(row.begin(), row.end(), lse[i]);
+    const bool empty = lse[i] == -std::numeric_limits<Acc>::infinity() || std::isnan(lse[i]);
+    for (index_t j = keys.begin; j < std::min(keys.end, p.cols) && !empty; ++j) {
       if (rule.hidden(i, j)) continue;
       const Acc pij = Acc(p(i, j));
       const T* vj = v.row(j);
@@ -42,7 +49,7 @@ void merge_visible(const ScoreRule<acc_t<T>>& rule, MatrixView<const T> p, Matri
 
 // The unfused path for one (batch b, query head h): scores over the keys that exist, the
 // masked row softmax in place, and the merge with V. Keys past key_lengths[b] are never
-// read. `probs` holds [Sq, Sk] values, `scratch` Sk.
+// read. `probs` holds [Sq, Sk] values, `scratch` Sk + Sq.
 template <class T>
 void unfused_head(TensorView<const T> q, TensorView<const T> k, TensorView<const T> v,
                   TensorView<T> o, const AttentionOptions& opts, TensorView<T> lse, index_t b,
@@ -56,11 +63,12 @@ void unfused_head(TensorView<const T> q, TensorView<const T> k, TensorView<const
   const MatrixView<T> p(probs, q.seq, keys);
   portable::gemm<T>(q.head(b, h), kh, true, scale, nullptr, false, p);
   const ScoreRule<Acc> rule(opts, b, h, q.seq, k.seq);
+  Acc* row_lse = scratch + keys;
   for (index_t i = 0; i < q.seq; ++i) {
-    const Acc row_lse = portable::softmax_row<T>(rule, i, p.row(i), keys, p.row(i), scratch);
-    if (!lse.empty()) *lse.row(b, h, i) = static_cast<T>(row_lse);
+    row_lse[i] = portable::softmax_row<T>(rule, i, p.row(i), keys, p.row(i), scratch);
+    if (!lse.empty()) *lse.row(b, h, i) = static_cast<T>(row_lse[i]);
   }
-  merge_visible<T>(rule, p, vh, o.head(b, h));
+  merge_visible<T>(rule, p, row_lse, vh, o.head(b, h));
 }
 
 // Every (batch, head) pair as one task of `executor`.
@@ -71,7 +79,7 @@ void unfused_attention(TensorView<const T> q, TensorView<const T> k, TensorView<
   if (q.heads == 0) return;
   executor.parallel_for(q.batch * q.heads, [&](index_t task) {
     std::vector<T> probs(static_cast<std::size_t>(q.seq * k.seq));
-    std::vector<acc_t<T>> scratch(static_cast<std::size_t>(k.seq));
+    std::vector<acc_t<T>> scratch(static_cast<std::size_t>(k.seq + q.seq));
     unfused_head<T>(q, k, v, o, opts, lse, task / q.heads, task % q.heads, probs.data(),
                     scratch.data());
   });
@@ -101,7 +109,7 @@ void unfused_decode(TensorView<const T> q, const Source& kv, index_t kv_heads, i
     const TensorView<const T> k(kbuf.data(), q.batch, kv_heads, keys, dk, 0, keys * dk, dk);
     const TensorView<const T> v(vbuf.data(), q.batch, kv_heads, keys, dv, 0, keys * dv, dv);
     std::vector<T> probs(std::size_t(q.seq * keys));
-    std::vector<acc_t<T>> scratch(static_cast<std::size_t>(keys));
+    std::vector<acc_t<T>> scratch(static_cast<std::size_t>(keys + q.seq));
     for (index_t h = 0; h < q.heads; ++h)
       unfused_head<T>(q, k, v, o, opts, lse, b, h, probs.data(), scratch.data());
   });

@@ -20,7 +20,7 @@ namespace detail::portable {
 // Stability: logits are shifted by their maximum m before exp (so no overflow for any
 // finite input). A fully masked row gives p = 0 and lse = -inf. When some logit is +inf
 // (a huge scale), m = +inf and those keys share the mass equally instead of producing
-// inf - inf. A NaN logit that is not masked makes its whole row NaN.
+// inf - inf. A NaN logit that is not masked (or a NaN sink) makes its whole row NaN.
 template <class T>
 acc_t<T> softmax_row(const ScoreRule<acc_t<T>>& rule, index_t i, const T* s, index_t n, T* p,
                      acc_t<T>* scratch) {
@@ -39,6 +39,7 @@ acc_t<T> softmax_row(const ScoreRule<acc_t<T>>& rule, index_t i, const T* s, ind
   }
   const Acc sink = rule.has_sink() ? rule.sink() : -inf;
   if (sink > m) m = sink;
+  if (std::isnan(sink)) has_nan = true;  // the sink is never masked: a NaN one poisons the row
 
   for (index_t j = 0; j < begin; ++j) p[j] = T(0);
   for (index_t j = end; j < n; ++j) p[j] = T(0);

@@ -165,9 +165,10 @@ struct DecodeMerge {
         const float* part = first + sp * stride;
         const float ms = part[0], ls = part[1];
         if (std::isnan(ls)) l = ls;
+        // A weight of 0 still multiplies, as the rescale inside a split does: a NaN or inf
+        // value row behind -inf logits makes the row NaN whether or not it was split.
         const float w =
             ms == -inf ? 0.0f : (m == inf ? (ms == inf ? 1.0f : 0.0f) : std::exp2(ms - m));
-        if (w == 0.0f) continue;
         l += ls * w;
         for (index_t d = 0; d < dv; ++d) acc[std::size_t(d)] += part[2 + d] * w;
       }

@@ -227,12 +227,17 @@ inline void pv_tile_rows(int rows, const float* p, index_t p_stride, index_t n, 
 }
 
 // A row's output O / l and log-sum-exp m + log2(l) (in natural units), from its state. A row
-// that saw nothing (l == 0) gives zeros and -inf, a row that saw a NaN gives NaN.
+// that saw nothing (l == 0) gives zeros and -inf; a row that saw a NaN logit (l NaN) or has
+// a NaN sink (m NaN, even with no key seen) gives NaN.
 inline void finish_row(const float* acc, float m, float l, index_t dv, float* out, float* lse) {
   const float inf = std::numeric_limits<float>::infinity();
-  const float nothing = std::isnan(l) ? l : 0.0f;
-  for (index_t d = 0; d < dv; ++d) out[d] = l > 0 ? acc[d] / l : nothing;
-  if (lse) *lse = l > 0 ? (m + std::log2(l)) * kLn2 : (l == 0 ? -inf : l);
+  if (std::isnan(l) || std::isnan(m)) {
+    std::fill(out, out + dv, std::numeric_limits<float>::quiet_NaN());
+    if (lse) *lse = std::numeric_limits<float>::quiet_NaN();
+    return;
+  }
+  for (index_t d = 0; d < dv; ++d) out[d] = l > 0 ? acc[d] / l : 0.0f;
+  if (lse) *lse = l > 0 ? (m + std::log2(l)) * kLn2 : -inf;
 }
 
 // Online-softmax state of the rows of one block, and the scratch its tiles use.
@@ -346,7 +351,7 @@ inline void flash_micro_tile(const RowSet& rs, int rows, const float* q, index_t
       qk_panel_rows<kRows>(rows, q, q_stride, dk, panels + p * dk * kPanel, c, s + p * kPanel,
                            kTileKeys);
   else
-    qk_direct_rows<kRows - 1>(rows, q, q_stride, k, width, dk, c, s, kTileKeys);
+    qk_direct_rows<kRows>(rows, q, q_stride, k, width, dk, c, s, kTileKeys);
   // Does every row see every key of the tile? Then nothing needs masking, and P V may
   // multiply whatever V holds.
   bool all_visible = rs.ranges_only();
