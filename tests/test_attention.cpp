@@ -374,26 +374,31 @@ TYPED_TEST(Attention, RowOfMinusInfinityScoresYieldsZeros) {
 }
 
 // An additive -inf mask hides keys as the boolean mask does: a row whose every logit is
-// -inf is fully masked, zeros whatever the value rows hold; the rows that do see the NaN
-// value row are NaN.
+// -inf has no mass and is fully masked, zeros whatever the value rows hold (also with a
+// sink of -inf, which weighs nothing); the rows that do see the NaN value row are NaN.
+// Sq = 13 fills a whole micro-tile of the fused kernels.
 TYPED_TEST(Attention, RowOfMinusInfinityScoresIgnoresWhatItsValuesHold) {
   using T = TypeParam;
-  TensorBuffer<float> bias(1, 1, 7, 17);
+  const float inf = std::numeric_limits<float>::infinity();
+  TensorBuffer<float> bias(1, 1, 13, 17);
   bias.fill_random(3);
-  for (index_t j = 0; j < 17; ++j)
-    bias.view.row(0, 0, 4)[j] = -std::numeric_limits<float>::infinity();
-  AttentionOptions opts;
-  opts.bias = bias.in();
-  Problem<T> p({1, 2, 1, 7, 17, 16, 16, Layout::bhsd});
-  fill_row(p.v, 0, 0, 3, std::numeric_limits<T>::quiet_NaN());
-  run_and_check(p, opts);
-  for (index_t h = 0; h < 2; ++h)
-    for (index_t i = 0; i < 7; ++i) {
-      if (i == 4)
-        expect_empty_row(p, 0, h, i, -std::numeric_limits<T>::infinity());
-      else
-        EXPECT_TRUE(nan_row(p, 0, h, i)) << "row " << i;
-    }
+  for (index_t j = 0; j < 17; ++j) bias.view.row(0, 0, 4)[j] = -inf;
+  const std::vector<float> sinks{-inf, -inf};
+  for (bool with_sinks : {false, true}) {
+    AttentionOptions opts;
+    opts.bias = bias.in();
+    if (with_sinks) opts.sinks = sinks;
+    Problem<T> p({1, 2, 1, 13, 17, 16, 16, Layout::bhsd});
+    fill_row(p.v, 0, 0, 3, std::numeric_limits<T>::quiet_NaN());
+    run_and_check(p, opts);
+    for (index_t h = 0; h < 2; ++h)
+      for (index_t i = 0; i < 13; ++i) {
+        if (i == 4)
+          expect_empty_row(p, 0, h, i, -std::numeric_limits<T>::infinity());
+        else
+          EXPECT_TRUE(nan_row(p, 0, h, i)) << "row " << i;
+      }
+  }
 }
 
 TYPED_TEST(Attention, BooleanMaskBroadcastsOverBatchAndHeads) {

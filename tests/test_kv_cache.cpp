@@ -341,6 +341,30 @@ TYPED_TEST(KvCacheAppend, RefusesTwoTokensLandingOnOneRow) {
   EXPECT_TRUE(appends_as_documented(p, none));
 }
 
+// Keys of width 0 (rows of no elements, which may all share one address, stride 0): the
+// values still land, and a repeated sequence is still refused.
+TYPED_TEST(KvCacheAppend, KeysOfWidthZeroStillAppendTheirValues) {
+  using T = TypeParam;
+  std::vector<T> k_storage(1);
+  ContiguousCacheBuffer<T> c(2, 1, 4, 1, 2, Layout::bhsd);
+  fill_slots(c, 1);
+  const TensorView<T> k(k_storage.data(), 2, 1, 4, 0, 0, 0, 0);
+  const TensorView<const T> k_new(k_storage.data(), 2, 1, 2, 0, 0, 0, 0);
+  TensorBuffer<T> v_new(2, 1, 2, 2);
+  v_new.fill_random(5);
+  attend::append<T>(attend::KvCache<T>{k, c.v.view, c.lengths}, k_new, v_new.in());
+  EXPECT_EQ(c.lengths, (std::vector<std::int32_t>{2, 2}));
+  for (index_t s = 0; s < 2; ++s)
+    for (index_t t = 0; t < 2; ++t)
+      for (index_t d = 0; d < 2; ++d)
+        EXPECT_EQ(c.v.view.row(s, 0, t)[d], v_new.view.row(s, 0, t)[d]);
+  const std::vector<std::int32_t> twice{1, 1};
+  EXPECT_THROW(
+      attend::append<T>(attend::KvCache<T>{k, c.v.view, c.lengths}, k_new, v_new.in(), twice),
+      std::invalid_argument);
+  EXPECT_EQ(c.lengths, (std::vector<std::int32_t>{2, 2}));
+}
+
 TYPED_TEST(KvCacheAppend, RefusesNewTokensOfTheWrongShape) {
   using T = TypeParam;
   ContiguousCacheBuffer<T> c(2, 2, 8, 16, 80, Layout::bhsd);

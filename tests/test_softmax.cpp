@@ -451,7 +451,7 @@ struct RuleKinds {
   void add(const char* name, const ScoreOptions& o) { cases.emplace_back(name, o); }
 };
 
-TYPED_TEST(Softmax, EveryPathMatchesTheOracleUnderEveryRuleAtEveryRowLength) {
+TYPED_TEST(Softmax, EveryPathAndThreadCountMatchesTheOracleUnderEveryRule) {
   using T = TypeParam;
   constexpr index_t Sq = 9;
   const attend::ThreadPool pools[] = {attend::ThreadPool(1), attend::ThreadPool(2),

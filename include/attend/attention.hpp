@@ -18,8 +18,9 @@
 //
 // Aliasing: o and lse may not overlap q, k, v, each other or any array of the options.
 // NaN in q, k, v or the bias propagates to exactly the output rows that see it: keys a row
-// cannot see never reach it, whatever their K and V rows hold. A row whose every visible
-// logit is -inf is fully masked (zeros, LSE -inf); a NaN sink makes its head's rows NaN.
+// cannot see never reach it, whatever their K and V rows hold. Without a sink, a row whose
+// every visible logit is -inf is fully masked (zeros, LSE -inf); a NaN sink makes its
+// head's rows NaN.
 #pragma once
 
 #include "attend/detail/config.hpp"

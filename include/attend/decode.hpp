@@ -85,7 +85,7 @@ AttentionOptions check_decode(const Checker& c, TensorView<const T> q, const Cac
   c.tensor("o", o, {q.batch, q.heads, q.seq, cache.v.dim});
   c.distinct_elements("o", o);
   if (opts.scale) check_scale(c, *opts.scale, kMaxFactor);
-  AttentionOptions eff = opts;
+  AttentionOptions eff = static_cast<const AttentionOptions&>(opts);  // the score options
   eff.key_lengths = {lengths.data(), index_t(lengths.size())};
   check_score_options(c, eff, q.batch, q.heads, q.seq, cache.capacity());
   const auto clear = [&](const char* name, const TensorView<T>& out) {

@@ -93,6 +93,8 @@ namespace detail {
 template <class T>
 struct ContiguousRows {
   TensorView<T> k, v;
+  // Which cache row token j of sequence s is, as one number (distinct rows, distinct slots).
+  index_t slot(index_t s, index_t j) const { return s * k.seq + j; }
   T* k_row(index_t s, index_t g, index_t j) const { return k.row(s, g, j); }
   T* v_row(index_t s, index_t g, index_t j) const { return v.row(s, g, j); }
   void gather(index_t s, index_t g, index_t j0, index_t n, T** kp, T** vp) const {
@@ -106,6 +108,7 @@ template <class T>
 struct PagedRows {
   TensorView<T> k, v;
   MatrixView<const std::int32_t> table;
+  index_t slot(index_t s, index_t j) const { return table(s, j / k.seq) * k.seq + j % k.seq; }
   T* k_row(index_t s, index_t g, index_t j) const {
     return k.row(table(s, j / k.seq), g, j % k.seq);
   }
@@ -194,14 +197,15 @@ void check_cache(const Checker& c, const PagedKvCache<T>& cache,
 }
 
 // Appended rows may not land twice on one cache row (two sequences sharing a block, or a
-// repeated sequence index): the second write would silently win.
+// repeated sequence index): the second write would silently win. Rows are compared by
+// slot, not address: rows of no elements (Dk = 0) may share one address.
 template <class Rows>
 void check_distinct_targets(const Checker& c, const Rows& rows, const std::vector<index_t>& seqs,
                             const std::vector<index_t>& first, index_t n) {
-  std::vector<const void*> targets;
+  std::vector<index_t> targets;
   targets.reserve(seqs.size() * std::size_t(n));
   for (std::size_t b = 0; b < seqs.size(); ++b)
-    for (index_t t = 0; t < n; ++t) targets.push_back(rows.k_row(seqs[b], 0, first[b] + t));
+    for (index_t t = 0; t < n; ++t) targets.push_back(rows.slot(seqs[b], first[b] + t));
   std::sort(targets.begin(), targets.end());
   if (std::adjacent_find(targets.begin(), targets.end()) != targets.end())
     c.fail("sequences",

@@ -23,7 +23,9 @@
 // When Sq == Sk and there is no padding the two agree.
 //
 // A fully masked row yields probabilities (and output) of exact zeros and an LSE of -inf
-// (the sink's logit, to rounding, when sinks are given), never NaN.
+// (the sink's logit, to rounding, when sinks are given), never NaN but from a NaN sink.
+// Without a sink, a row whose every visible logit is -inf is fully masked too: zeros
+// whatever its value rows hold.
 #pragma once
 
 #include "attend/detail/config.hpp"

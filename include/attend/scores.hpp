@@ -8,8 +8,9 @@
 #include "attend/detail/config.hpp"
 
 #include <cmath>
-#include <cstdio>
+#include <iomanip>
 #include <limits>
+#include <sstream>
 #include <string>
 
 #include "attend/context.hpp"
@@ -24,11 +25,11 @@ namespace detail {
 // A finite scale with |scale| <= limit (NaN fails the comparison): T's largest value for
 // scores, which compute in T; kMaxFactor for attention (see score_rule.hpp).
 inline void check_scale(const Checker& c, double scale, double limit) {
-  char bound[16];
-  std::snprintf(bound, sizeof bound, "%.2g", limit);
-  c.require(std::abs(scale) <= limit, "scale",
-            std::string("expected a finite value with |scale| <= ") + bound + ", got " +
-                std::to_string(scale));
+  if (std::abs(scale) <= limit) return;
+  std::ostringstream what;
+  what << "expected a finite value with |scale| <= " << std::setprecision(2) << limit << ", got "
+       << std::setprecision(17) << scale;
+  c.fail("scale", what.str());
 }
 }  // namespace detail
 

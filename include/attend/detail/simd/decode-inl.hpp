@@ -42,13 +42,13 @@ template <class Source>
 struct DecodeTasks {
   TensorView<const float> q;  // [B, Hq, Sq, Dk]
   Source kv;
-  index_t kv_heads, dv;
-  const std::int32_t* sequence;  // [B] or null: query batch b reads cache sequence sequence[b]
-  const AttentionOptions* opts;  // key_lengths, when set, gives each query batch's keys
-  index_t sk;                    // the logical key extent: bias and mask columns
+  index_t kv_heads = 0, dv = 0;
+  const std::int32_t* sequence = nullptr;  // [B] or null: query batch b reads sequence[b]
+  const AttentionOptions* opts = nullptr;  // key_lengths, when set: each query batch's keys
+  index_t sk = 0;                          // the logical key extent: bias and mask columns
   TensorView<float> o, lse;
-  index_t chunk, splits;  // keys per split, splits per (batch, kv head)
-  float* partial;         // splits > 1: per task, R rows of [m, l, O[dv]]
+  index_t chunk = 0, splits = 1;  // keys per split, splits per (batch, kv head)
+  float* partial = nullptr;       // splits > 1: per task, R rows of [m, l, O[dv]]
 
   index_t rows() const { return q.heads / kv_heads * q.seq; }
   index_t length(index_t b) const { return opts->key_lengths.empty() ? sk : opts->key_lengths[b]; }
@@ -90,9 +90,9 @@ struct DecodeTasks {
     // The sink is one more key whose value is zero; it joins the first split only.
     const bool sink = split == 0 && rules[0].has_sink();
     blk.m.resize(std::size_t(R)), blk.l.resize(std::size_t(R));
-    for (index_t r = 0; r < R; ++r) {
+    for (index_t r = 0; r < R; ++r) {  // a -inf sink weighs nothing, as no sink
       blk.m[std::size_t(r)] = sink ? rules[std::size_t(r / sq)].sink() * kLog2e : -inf;
-      blk.l[std::size_t(r)] = sink ? 1.0f : 0.0f;
+      blk.l[std::size_t(r)] = blk.m[std::size_t(r)] == -inf ? 0.0f : 1.0f;
     }
     // The task's queries, packed: row r is head g * group + r / sq, position r % sq.
     std::vector<float> qg(std::size_t(R * dk));
@@ -113,12 +113,12 @@ struct DecodeTasks {
       if (pack) pack_keys(krows, j1 - j0, dk, panels.data());
       for (index_t mi = 0; mi < R; mi += kRows) {
         const int mr = int(std::min<index_t>(kRows, R - mi));
-        bool any = false;  // does a row of the micro-tile see a key of the tile?
+        bool sees = false;  // does a row of the micro-tile see a key of the tile?
         for (int r = 0; r < mr; ++r) {
-          const KeyRange keys = rules[std::size_t((mi + r) / sq)].keys((mi + r) % sq);
-          any = any || (keys.begin < j1 && keys.end > j0);
+          const KeyRange seen = rules[std::size_t((mi + r) / sq)].keys((mi + r) % sq);
+          sees = sees || (seen.begin < j1 && seen.end > j0);
         }
-        if (!any) continue;
+        if (!sees) continue;
         flash_micro_tile(GroupRows{rules.data(), sq, mi, plain, ranges_only}, mr,
                          qg.data() + mi * dk, dk, dk, pack ? panels.data() : nullptr, krows, j0, j1,
                          vrows, dv, scale, blk, mi);

@@ -28,11 +28,11 @@
 // intensity), so a block is one micro-tile, which keeps the causal diagonal's waste small.
 constexpr int kRows = Vec::lanes == 16 ? 12 : 6;
 constexpr int kPanelVecs = 2;
-constexpr int kPanel = kPanelVecs * Vec::lanes;  // keys per packed K panel: 32 / 16
-constexpr int kValueVecs = kPanelVecs;           // value columns per PV register tile
-constexpr index_t kTileKeys = 128;               // keys per tile (a multiple of kPanel)
-constexpr index_t kBlockRows = kRows;            // rows that share one tile
-constexpr index_t kTaskRows = 8 * kRows;         // rows per task (per query head)
+constexpr int kPanel = kPanelVecs * Vec::lanes;    // keys per packed K panel: 32 / 16
+constexpr int kValueVecs = kPanelVecs;             // value columns per PV register tile
+constexpr index_t kTileKeys = 128;                 // keys per tile (a multiple of kPanel)
+constexpr index_t kBlockRows = kRows;              // rows that share one tile
+constexpr index_t kTaskRows = 8 * index_t(kRows);  // rows per task (per query head)
 
 constexpr float kLog2e = 1.4426950408889634f;
 constexpr float kLn2 = 0.6931471805599453f;
@@ -300,9 +300,9 @@ inline bool rows_finite(const Rows& v, index_t n, index_t dv) {
       const typename Vec::V x = Vec::load(row + d);
       acc = Vec::add(acc, Vec::sub(x, x));
     }
-    float any = Vec::reduce_add(acc);
-    for (; d < dv; ++d) any += row[d] - row[d];
-    if (any != 0.0f) return false;
+    float spoiled = Vec::reduce_add(acc);
+    for (; d < dv; ++d) spoiled += row[d] - row[d];
+    if (spoiled != 0.0f) return false;
   }
   return true;
 }
@@ -441,16 +441,17 @@ inline void flash_task(TensorView<const float> q, TensorView<const float> k,
     const MatrixView<const float> qh = q.head(b, h);
     for (index_t i0 = r0; i0 < r1; i0 += kBlockRows) {
       const index_t rows = std::min(kBlockRows, r1 - i0);
-      // The sink is one more key whose value is zero: m and l start from it.
+      // The sink is one more key whose value is zero: m and l start from it (a -inf sink
+      // weighs nothing, as no sink).
       const float sink = rule.has_sink() ? rule.sink() * kLog2e : -inf;
       std::fill(blk.m.begin(), blk.m.end(), sink);
-      std::fill(blk.l.begin(), blk.l.end(), rule.has_sink() ? 1.0f : 0.0f);
+      std::fill(blk.l.begin(), blk.l.end(), sink == -inf ? 0.0f : 1.0f);
       std::fill(blk.o.begin(), blk.o.end(), 0.0f);
       index_t first = sk, last = 0;  // the keys any row of the block sees
       for (index_t i = i0; i < i0 + rows; ++i) {
-        const KeyRange keys = rule.keys(i);
-        if (keys.empty()) continue;
-        first = std::min(first, keys.begin), last = std::max(last, keys.end);
+        const KeyRange seen = rule.keys(i);
+        if (seen.empty()) continue;
+        first = std::min(first, seen.begin), last = std::max(last, seen.end);
       }
       // Tiles start on panel boundaries of the packed keys.
       for (index_t j0 = first / kPanel * kPanel; j0 < last; j0 += kTileKeys) {
@@ -459,12 +460,12 @@ inline void flash_task(TensorView<const float> q, TensorView<const float> k,
         for (index_t mi = 0; mi < rows; mi += kRows) {
           const int mr = int(std::min<index_t>(kRows, rows - mi));
           // Skip micro-tiles no row of which sees any key of the tile (causal corners).
-          bool any = false;
+          bool sees = false;
           for (int r = 0; r < mr; ++r) {
-            const KeyRange keys = rule.keys(i0 + mi + r);
-            any = any || (keys.begin < j1 && keys.end > j0);
+            const KeyRange seen = rule.keys(i0 + mi + r);
+            sees = sees || (seen.begin < j1 && seen.end > j0);
           }
-          if (!any) continue;
+          if (!sees) continue;
           flash_micro_tile(HeadRows{&rule, i0 + mi}, mr, qh.row(i0 + mi), qh.stride, dk,
                            tile_panels, kh.block(j0, j1 - j0, 0, dk), j0, j1,
                            vh.block(j0, j1 - j0, 0, dv), dv, scale, blk, mi);
