@@ -163,11 +163,18 @@ void run(Case& c) {
                 {-0.5, "-0.5"},
                 {1e3, "1e3"},
                 {1e30, "1e30"},
-                // Huge: overflows float's logits, or float itself (still a finite double).
-                {3e38, "3e38"},
-                {1e39, "1e39"}});
+                {1.7e38, "1.7e38"}});  // the largest accepted: overflows float's logits
   const bool with_lse = c.flag("lse"), threads = c.flag("threads");
-  const int broken = c.one_in(8, "invalid") ? c.pick<int>("break", 0, 20) : -1;
+  const int broken =
+      c.one_in(8, "invalid") ? c.pick<int>("break", 0, 11 + fuzz::kOptionBreaks) : -1;
+  // Scales past options.hpp's largest (1.7e38, half of float's range) are refused too.
+  const double bad_scale =
+      broken != 10
+          ? 0.0
+          : c.choose<double>("bad_scale", {{std::numeric_limits<double>::infinity(), "inf"},
+                                           {std::numeric_limits<double>::quiet_NaN(), "nan"},
+                                           {2e38, "2e38"},
+                                           {-1e39, "-1e39"}});
   pb.q = fuzz::make_tensor<T>(B, Hq, Sq, Dk, fuzz::decode_layout(c, "q", true));
   pb.k = fuzz::make_tensor<T>(B, Hkv, Sk, Dk, fuzz::decode_layout(c, "k", true));
   pb.v = fuzz::make_tensor<T>(B, Hkv, Sk, Dv, fuzz::decode_layout(c, "v", true));
@@ -216,7 +223,7 @@ void run(Case& c) {
         if (with_lse && o_elements) lse.data = o.data, arg = "lse";
         break;
       case 10:
-        opts.scale = std::numeric_limits<double>::infinity(), arg = "scale";
+        opts.scale = bad_scale, arg = "scale";
         break;
       case 11:
         if (q_elements) q.data = nullptr, arg = "q";
@@ -238,17 +245,13 @@ void run(Case& c) {
     for (const auto& [row, n] : rows)
       std::fill_n(const_cast<T*>(row), n, std::numeric_limits<T>::quiet_NaN());
 
-  // With Dk = 0 every score is an empty sum, 0 for any finite scale; the oracle's default
-  // 1/sqrt(0) would make it inf * 0.
   // Without heads (Hq = Hkv = 0) there is nothing to compare, and the oracle would divide
   // by Hkv.
-  attend::AttentionOptions oracle_opts = opts;
-  if (Dk == 0) oracle_opts.scale = 1.0;
   const ref::Attention r =
       Hkv == 0 ? ref::Attention{}
-               : ref::attention(ref::load<T>(q), ref::load<T>(k), ref::load<T>(v), oracle_opts);
+               : ref::attention(ref::load<T>(q), ref::load<T>(k), ref::load<T>(v), opts);
   const bool comparable =
-      Hkv > 0 && representable(pb, oracle_opts.scale.value_or(attend::default_scale(Dk)), r);
+      Hkv > 0 && representable(pb, opts.scale.value_or(attend::default_scale(Dk)), r);
   const std::vector<T> q_before = pb.q->storage, k_before = pb.k->storage, v_before = pb.v->storage;
   auto poisoned_call = [&](const char* what, const attend::Context& on) {
     for (const auto& rows : {unread_k, unread_v})
@@ -274,7 +277,8 @@ void run(Case& c) {
     pb.lse->for_each([&](T& x) { clean = clean && !std::isnan(x); });
     c.check(clean, "NaN in o or lse from finite inputs");
   }
-  // Rows that see no key, whatever the data: exact zeros, and LSE -inf without sinks.
+  // Rows that see no key, whatever the data: exact zeros, and LSE -inf without sinks; a NaN
+  // sink joins every row's denominator and makes the row NaN, o and LSE.
   for (index_t b = 0; b < B; ++b)
     for (index_t h = 0; h < Hq; ++h)
       for (index_t i = 0; i < Sq; ++i) {
@@ -282,11 +286,14 @@ void run(Case& c) {
         for (index_t j = 0; j < Sk && !sees; ++j) sees = ref::visible(opts, b, h, i, j, Sq, Sk);
         if (sees) continue;
         const std::string row = ref::where(b, h, i, 0);
+        const bool nan_sink = !opts.sinks.empty() && std::isnan(opts.sinks[h]);
         for (index_t d = 0; d < Dv; ++d)
-          c.check(o.row(b, h, i)[d] == T(0), "o row " + row + " sees no key but is not zeros");
-        if (with_lse && opts.sinks.empty())
-          c.check(*lse.row(b, h, i) == -std::numeric_limits<T>::infinity(),
-                  "lse of row " + row + " that sees no key is not -inf");
+          c.check(nan_sink ? std::isnan(o.row(b, h, i)[d]) : o.row(b, h, i)[d] == T(0),
+                  "o row " + row + " sees no key but is not " + (nan_sink ? "NaN" : "zeros"));
+        if (with_lse && (opts.sinks.empty() || nan_sink))
+          c.check(nan_sink ? std::isnan(*lse.row(b, h, i))
+                           : *lse.row(b, h, i) == -std::numeric_limits<T>::infinity(),
+                  "lse of row " + row + " that sees no key is not " + (nan_sink ? "NaN" : "-inf"));
       }
 
   if (threads) {  // the same bits on three threads

@@ -72,7 +72,7 @@ void masked(Case& c, fuzz::Values& values, attend::Context ctx) {
   so.decode(c, B, H, Sq, Sk);
   const bool in_place = c.flag("in_place"), with_lse = c.flag("lse");
   const bool threads = c.flag("threads");
-  const int broken = c.one_in(8, "invalid") ? c.pick<int>("break", 0, 14) : -1;
+  const int broken = c.one_in(8, "invalid") ? c.pick<int>("break", 0, 5 + fuzz::kOptionBreaks) : -1;
   auto s = fuzz::make_tensor<T>(B, H, Sq, Sk, fuzz::decode_layout(c, "scores", false));
   auto p = fuzz::make_tensor<T>(B, H, Sq, Sk, fuzz::decode_layout(c, "probs", false));
   auto lse = fuzz::make_tensor<T>(B, H, Sq, 1, fuzz::decode_layout(c, "lse", false));

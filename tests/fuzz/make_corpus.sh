@@ -13,7 +13,7 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")"
 
 targets=("$@")
-((${#targets[@]})) || targets=(fuzz_softmax fuzz_attention fuzz_linear)
+((${#targets[@]})) || targets=(fuzz_softmax fuzz_attention fuzz_linear fuzz_decode)
 sizes=(48 160 400 900 1536)
 
 state=0

@@ -25,18 +25,25 @@ struct ScoreOptionsCase {
 
   // The structure: which options are on, their extents and layouts. Key lengths are part
   // of it (they decide which keys exist), so they come from the case, not from Values.
-  void decode(Case& c, index_t B, index_t H, index_t Sq, index_t Sk) {
+  // `for_decode`: decode_attention's defaults (causal and bottom-right, three times in
+  // four) and no key lengths (a KV cache's lengths take their place).
+  void decode(Case& c, index_t B, index_t H, index_t Sq, index_t Sk, bool for_decode = false) {
     attend::ScoreOptions& o = opts;
-    o.causal = c.flag("causal");
-    o.alignment =
-        c.choose<attend::Alignment>("alignment", {{attend::Alignment::bottom_right, "bottom_right"},
-                                                  {attend::Alignment::top_left, "top_left"}});
+    if (for_decode) {
+      o.causal = !c.one_in(4, "not_causal");
+      if (c.one_in(4, "top_left")) o.alignment = attend::Alignment::top_left;
+    } else {
+      o.causal = c.flag("causal");
+      o.alignment = c.choose<attend::Alignment>("alignment",
+                                                {{attend::Alignment::bottom_right, "bottom_right"},
+                                                 {attend::Alignment::top_left, "top_left"}});
+    }
     if (c.flag("window")) {
       // -1 is Window::unbounded; a bound past Sk is as good as none, but legal.
       o.window.left = c.pick<index_t>("window.left", -1, Sk + 2);
       o.window.right = c.pick<index_t>("window.right", -1, Sk + 2);
     }
-    if (c.flag("key_lengths")) {
+    if (!for_decode && c.flag("key_lengths")) {
       for (index_t b = 0; b < B; ++b)
         key_lengths.push_back(c.pick<std::int32_t>("key_length", 0, std::int32_t(Sk)));
       o.key_lengths = key_lengths;
@@ -53,9 +60,13 @@ struct ScoreOptionsCase {
       o.mask = mask->view;
     }
     alibi = c.flag("alibi");
-    o.softcap = c.choose<double>(
-        "softcap",
-        {{0.0, "0"}, {0.0, "0"}, {0.5, "0.5"}, {5.0, "5"}, {50.0, "50"}, {1e30, "1e30"}});
+    o.softcap = c.choose<double>("softcap", {{0.0, "0"},
+                                             {0.0, "0"},
+                                             {0.5, "0.5"},
+                                             {5.0, "5"},
+                                             {50.0, "50"},
+                                             {1e30, "1e30"},
+                                             {1.7e38, "1.7e38"}});  // the largest accepted
     sinks = c.flag("sinks");
     (void)H;
   }
@@ -99,6 +110,9 @@ inline std::string break_option(int which, ScoreOptionsCase& s, index_t B, index
     case 7:
       o.softcap = std::numeric_limits<double>::quiet_NaN();
       return "softcap";
+    case 8:  // past options.hpp's largest, 1.7e38 (half of float's range)
+      o.softcap = 2e38;
+      return "softcap";
     case 2:
       if (s.key_lengths.empty()) {
         s.key_lengths.assign(std::size_t(B + 1), 0);
@@ -128,6 +142,6 @@ inline std::string break_option(int which, ScoreOptionsCase& s, index_t B, index
       return "window.left";
   }
 }
-constexpr int kOptionBreaks = 9;  // cases 0 to 7 and the default
+constexpr int kOptionBreaks = 10;  // cases 0 to 8 and the default
 
 }  // namespace fuzz
