@@ -6,6 +6,8 @@
 //   D2  16 sequences of 2048 tokens (268 MB: streams from DRAM)
 //   DL  one sequence of 32768 tokens (268 MB): long context, split-KV across tasks
 //   DR  a ragged batch of 8 sequences, 1 to 4096 tokens (capacity 4096 each)
+//   DC  one sequence of 256 tokens (2 MB: stays in L2 between iterations): the kernel's
+//       own ceiling, what it reaches when memory never stalls it
 // D1 and D2 are the peers' shapes (/work/shared/peers/README.md).
 //
 // Counters: bytes of K and V that exist (the keys the sequences hold) per call: decode is
@@ -48,6 +50,7 @@ std::vector<DecodeShape> decode_shapes() {
       {"D2", 16, 32, 8, 128, 2048, std::vector<std::int32_t>(16, 2048)},
       {"DL", 1, 32, 8, 128, 32768, {32768}},
       {"DR", 8, 32, 8, 128, 4096, {4096, 1, 2048, 512, 3000, 17, 1024, 1500}},
+      {"DC", 1, 32, 8, 128, 256, {256}},
   };
 }
 
