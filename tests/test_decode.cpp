@@ -61,30 +61,19 @@ using attend::Alignment;
 using attend::DecodeOptions;
 using attend::index_t;
 using attend::TensorView;
+using testing_support::batch_of;
 using testing_support::blocks_for;
 using testing_support::canary;
 using testing_support::ContiguousCacheBuffer;
 using testing_support::FloatingTypes;
 using testing_support::Layout;
+using testing_support::nan_v;
 using testing_support::PagedCacheBuffer;
 using testing_support::rejects;
 using testing_support::same_bits;
 using testing_support::TensorBuffer;
 using testing_support::TypeNames;
 using testing_support::Unassigned;
-
-template <class T>
-constexpr T nan_v() {
-  return std::numeric_limits<T>::quiet_NaN();
-}
-
-// Batch b of a tensor as a tensor of batch 1.
-template <class T>
-TensorView<T> batch_of(TensorView<T> t, index_t b) {
-  t.data += b * t.batch_stride;
-  t.batch = 1;
-  return t;
-}
 
 // The logical problem: cache sequences holding lengths[s] tokens, and query batches of sq
 // rows, batch b reading sequence sequences[b] (or b).

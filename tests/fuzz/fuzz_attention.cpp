@@ -154,16 +154,7 @@ void run(Case& c) {
   const index_t B = pb.B, Hq = pb.Hq, Hkv = pb.Hkv, Sq = pb.Sq, Sk = pb.Sk, Dk = pb.Dk, Dv = pb.Dv;
   pb.so.decode(c, B, Hq, Sq, Sk);
   attend::AttentionOptions& opts = pb.so.opts;
-  opts.scale = c.choose<std::optional<double>>(
-      "scale", {{std::nullopt, "default"},
-                {std::nullopt, "default"},
-                {1.0, "1"},
-                {0.125, "0.125"},
-                {0.0, "0"},
-                {-0.5, "-0.5"},
-                {1e3, "1e3"},
-                {1e30, "1e30"},
-                {1.7e38, "1.7e38"}});  // the largest accepted: overflows float's logits
+  opts.scale = fuzz::pick_scale(c);
   const bool with_lse = c.flag("lse"), threads = c.flag("threads");
   const int broken =
       c.one_in(8, "invalid") ? c.pick<int>("break", 0, 11 + fuzz::kOptionBreaks) : -1;

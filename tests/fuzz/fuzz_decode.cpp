@@ -47,21 +47,10 @@ using attend::TensorView;
 using fuzz::Case;
 using fuzz::same_bits;
 using fuzz::TensorBuffer;
+using testing_support::batch_of;
 using testing_support::blocks_for;
 using testing_support::MatrixBuffer;
-
-template <class T>
-constexpr T nan_v() {
-  return std::numeric_limits<T>::quiet_NaN();
-}
-
-// Batch b of a tensor as a tensor of batch 1.
-template <class T>
-TensorView<T> batch_of(TensorView<T> t, index_t b) {
-  t.data += b * t.batch_stride;
-  t.batch = 1;
-  return t;
-}
+using testing_support::nan_v;
 
 // What a paged cache's block table holds past the blocks each sequence owns: none of it
 // may be read.
@@ -624,16 +613,7 @@ void run(Case& c) {
   c.note("capacity", std::to_string(pb.cache.capacity));
 
   pb.so.decode(c, pb.B, pb.Hq, pb.Sq, pb.cache.capacity, /*for_decode=*/true);
-  pb.so.opts.scale = c.choose<std::optional<double>>(
-      "scale", {{std::nullopt, "default"},
-                {std::nullopt, "default"},
-                {1.0, "1"},
-                {0.125, "0.125"},
-                {0.0, "0"},
-                {-0.5, "-0.5"},
-                {1e3, "1e3"},
-                {1e30, "1e30"},
-                {1.7e38, "1.7e38"}});  // the largest accepted: overflows float's logits
+  pb.so.opts.scale = fuzz::pick_scale(c);
   const index_t split_keys =
       c.flag("split") ? c.pick<index_t>("split_keys", 1, std::max<index_t>(1, max_length)) : 0;
   const bool with_lse = c.flag("lse"), threads = c.flag("threads");

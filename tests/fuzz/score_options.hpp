@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <limits>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -143,5 +144,19 @@ inline std::string break_option(int which, ScoreOptionsCase& s, index_t B, index
   }
 }
 constexpr int kOptionBreaks = 10;  // cases 0 to 8 and the default
+
+// AttentionOptions::scale: unset (1 / sqrt(Dk)) half the time, else from 0 and negative
+// values up to the largest accepted, 1.7e38, which overflows float's logits.
+inline std::optional<double> pick_scale(Case& c) {
+  return c.choose<std::optional<double>>("scale", {{std::nullopt, "default"},
+                                                   {std::nullopt, "default"},
+                                                   {1.0, "1"},
+                                                   {0.125, "0.125"},
+                                                   {0.0, "0"},
+                                                   {-0.5, "-0.5"},
+                                                   {1e3, "1e3"},
+                                                   {1e30, "1e30"},
+                                                   {1.7e38, "1.7e38"}});
+}
 
 }  // namespace fuzz

@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <limits>
 #include <numeric>
 #include <random>
 #include <vector>
@@ -94,6 +95,19 @@ struct PagedCacheBuffer {
 // Blocks needed for `tokens` tokens.
 inline index_t blocks_for(index_t tokens, index_t block_size) {
   return (tokens + block_size - 1) / block_size;
+}
+
+template <class T>
+constexpr T nan_v() {
+  return std::numeric_limits<T>::quiet_NaN();
+}
+
+// Batch b of a tensor as a tensor of batch 1 (decode's oracle runs one sequence at a time).
+template <class T>
+attend::TensorView<T> batch_of(attend::TensorView<T> t, attend::index_t b) {
+  t.data += b * t.batch_stride;
+  t.batch = 1;
+  return t;
 }
 
 }  // namespace testing_support
