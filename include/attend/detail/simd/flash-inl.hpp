@@ -81,18 +81,25 @@ template <int R>
 inline void qk_panel(const float* q, index_t q_stride, index_t dk, const float* panel, float c,
                      float* s, index_t s_stride) {
   typename Vec::V acc[R][kPanelVecs];
+#pragma GCC unroll 16
   for (int r = 0; r < R; ++r)
+#pragma GCC unroll 16
     for (int v = 0; v < kPanelVecs; ++v) acc[r][v] = Vec::zero();
   for (index_t d = 0; d < dk; ++d, panel += kPanel) {
     typename Vec::V kv[kPanelVecs];
+#pragma GCC unroll 16
     for (int v = 0; v < kPanelVecs; ++v) kv[v] = Vec::load(panel + v * Vec::lanes);
+#pragma GCC unroll 16
     for (int r = 0; r < R; ++r) {
       const typename Vec::V qr = Vec::set1(q[r * q_stride + d]);
+#pragma GCC unroll 16
       for (int v = 0; v < kPanelVecs; ++v) acc[r][v] = Vec::fmadd(qr, kv[v], acc[r][v]);
     }
   }
   const typename Vec::V cv = Vec::set1(c);
+#pragma GCC unroll 16
   for (int r = 0; r < R; ++r)
+#pragma GCC unroll 16
     for (int v = 0; v < kPanelVecs; ++v)
       Vec::store(s + r * s_stride + v * Vec::lanes, Vec::mul(acc[r][v], cv));
 }
@@ -107,23 +114,30 @@ template <int R, int U, bool Partial, class Rows>
 inline void pv_columns(const float* p, index_t p_stride, index_t n, const Rows& v, index_t c0,
                        int last, const float* corr, float* o, index_t o_stride) {
   typename Vec::V acc[R][U];
+#pragma GCC unroll 16
   for (int r = 0; r < R; ++r)
+#pragma GCC unroll 16
     for (int u = 0; u < U; ++u) acc[r][u] = Vec::zero();
   for (index_t j = 0; j < n; ++j) {
     if (c0 == 0) prefetch_row(v, j + kPrefetchRows);
     const float* vj = v.row(j) + c0;
     typename Vec::V vv[U];
+#pragma GCC unroll 16
     for (int u = 0; u < U; ++u)
       vv[u] = Partial && u == U - 1 ? Vec::load(vj + u * Vec::lanes, last)
                                     : Vec::load(vj + u * Vec::lanes);
+#pragma GCC unroll 16
     for (int r = 0; r < R; ++r) {
       const typename Vec::V pr = Vec::set1(p[r * p_stride + j]);
+#pragma GCC unroll 16
       for (int u = 0; u < U; ++u) acc[r][u] = Vec::fmadd(pr, vv[u], acc[r][u]);
     }
   }
+#pragma GCC unroll 16
   for (int r = 0; r < R; ++r) {
     const typename Vec::V c = Vec::set1(corr[r]);
     float* orow = o + r * o_stride + c0;
+#pragma GCC unroll 16
     for (int u = 0; u < U; ++u) {
       float* dst = orow + u * Vec::lanes;
       if (Partial && u == U - 1)
@@ -172,27 +186,37 @@ inline void qk_direct_block(const float* q, index_t q_stride, const Rows& k, ind
                             float c, float* s, index_t s_stride) {
   typename Vec::V acc[R][J];
   const float* kr[J];
+#pragma GCC unroll 16
   for (int jj = 0; jj < J; ++jj) kr[jj] = k.row(j0 + jj);
+#pragma GCC unroll 16
   for (int r = 0; r < R; ++r)
+#pragma GCC unroll 16
     for (int jj = 0; jj < J; ++jj) acc[r][jj] = Vec::zero();
   index_t d = 0;
   for (; d + Vec::lanes <= dk; d += Vec::lanes) {
     typename Vec::V kv[J];
+#pragma GCC unroll 16
     for (int jj = 0; jj < J; ++jj) kv[jj] = Vec::load(kr[jj] + d);
+#pragma GCC unroll 16
     for (int r = 0; r < R; ++r) {
       const typename Vec::V qv = Vec::load(q + r * q_stride + d);
+#pragma GCC unroll 16
       for (int jj = 0; jj < J; ++jj) acc[r][jj] = Vec::fmadd(qv, kv[jj], acc[r][jj]);
     }
   }
   if (d < dk) {
     const int rest = int(dk - d);
+#pragma GCC unroll 16
     for (int r = 0; r < R; ++r) {
       const typename Vec::V qv = Vec::load(q + r * q_stride + d, rest);
+#pragma GCC unroll 16
       for (int jj = 0; jj < J; ++jj)
         acc[r][jj] = Vec::fmadd(qv, Vec::load(kr[jj] + d, rest), acc[r][jj]);
     }
   }
+#pragma GCC unroll 16
   for (int r = 0; r < R; ++r)
+#pragma GCC unroll 16
     for (int jj = 0; jj < J; ++jj) s[r * s_stride + j0 + jj] = c * Vec::reduce_add(acc[r][jj]);
 }
 
