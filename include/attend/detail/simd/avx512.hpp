@@ -43,7 +43,23 @@ struct Vec {
   static V select_equal(V a, V b, V if_equal, V otherwise) {
     return _mm512_mask_blend_ps(_mm512_cmp_ps_mask(a, b, _CMP_EQ_OQ), otherwise, if_equal);
   }
+  static V div(V a, V b) { return _mm512_div_ps(a, b); }
   static float reduce_add(V v) { return _mm512_reduce_add_ps(v); }
+  // out[0, 4) = c * (the sum of the lanes of x[0], ..., x[3]): four reductions folded into
+  // one transpose-and-add tree, 6 shuffles for the 4 sums where reduce_add takes 4 each.
+  static void sums4(const V* x, float c, float* out) {
+    // Per 128-bit block: [a0 + a2, b0 + b2, a1 + a3, b1 + b3], and the same for c, d.
+    const V ab = _mm512_add_ps(_mm512_unpacklo_ps(x[0], x[1]), _mm512_unpackhi_ps(x[0], x[1]));
+    const V cd = _mm512_add_ps(_mm512_unpacklo_ps(x[2], x[3]), _mm512_unpackhi_ps(x[2], x[3]));
+    // Per block: [a, b, c, d], partial sums of that block's lanes.
+    const V abcd = _mm512_add_ps(
+        _mm512_castpd_ps(_mm512_unpacklo_pd(_mm512_castps_pd(ab), _mm512_castps_pd(cd))),
+        _mm512_castpd_ps(_mm512_unpackhi_pd(_mm512_castps_pd(ab), _mm512_castps_pd(cd))));
+    const __m256 half =
+        _mm256_add_ps(_mm512_castps512_ps256(abcd), _mm512_extractf32x8_ps(abcd, 1));
+    const __m128 sum = _mm_add_ps(_mm256_castps256_ps128(half), _mm256_extractf128_ps(half, 1));
+    _mm_storeu_ps(out, _mm_mul_ps(sum, _mm_set1_ps(c)));
+  }
   static float reduce_max(V v) { return _mm512_reduce_max_ps(v); }
 
   // Lane j holds `base + j` where begin <= base + j < end keeps its value, else `fill`.

@@ -78,7 +78,13 @@ struct Vec {
   static V select_equal(V a, V b, V if_equal, V otherwise) {
     return vbslq_f32(vceqq_f32(a, b), if_equal, otherwise);
   }
+  static V div(V a, V b) { return vdivq_f32(a, b); }
   static float reduce_add(V v) { return vaddvq_f32(v); }
+  // out[0, 4) = c * (the sum of the lanes of x[0], ..., x[3]): pairwise adds.
+  static void sums4(const V* x, float c, float* out) {
+    const V sum = vpaddq_f32(vpaddq_f32(x[0], x[1]), vpaddq_f32(x[2], x[3]));
+    vst1q_f32(out, vmulq_n_f32(sum, c));
+  }
   // NaN lanes are skipped unless every lane is NaN (fmaxnmv). On x86 a NaN lane wins or
   // loses depending on where it sits; the kernels accept either (see online_softmax_row).
   static float reduce_max(V v) { return vmaxnmvq_f32(v); }
