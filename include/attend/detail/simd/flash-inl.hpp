@@ -204,13 +204,13 @@ template <int R, int J>
 inline void store_dots(const typename Vec::V (&acc)[R][J], float c, float* s, index_t s_stride) {
   if constexpr (J == 4) {
 #pragma GCC unroll 16
-    for (int r = 0; r < R; ++r) Vec::sums4(acc[r], c, s + r * s_stride);
+    for (int r = 0; r < R; ++r) Vec::sums4(&acc[r][0], c, s + r * s_stride);
   } else if constexpr (J == 2 && R % 2 == 0) {
 #pragma GCC unroll 16
     for (int r = 0; r < R; r += 2) {
       const typename Vec::V x[4] = {acc[r][0], acc[r][1], acc[r + 1][0], acc[r + 1][1]};
       float sums[4];
-      Vec::sums4(x, c, sums);
+      Vec::sums4(&x[0], c, &sums[0]);
       s[r * s_stride] = sums[0], s[r * s_stride + 1] = sums[1];
       s[(r + 1) * s_stride] = sums[2], s[(r + 1) * s_stride + 1] = sums[3];
     }
