@@ -703,6 +703,43 @@ TYPED_TEST(Decoding, ScaleOverflowingLogitsGivesNoNaN) {
     }
 }
 
+// A NaN sink makes its heads' rows NaN (output and lse), also when the sink's split (the
+// first) sees no key (the window starts past it) and is merged with later splits whose
+// logits overflowed to +inf: the merge must not let the +inf maximum hide the NaN. (Found
+// by fuzz_decode.)
+TYPED_TEST(Decoding, NaNSinkSurvivesTheMergeWithOverflowedSplits) {
+  using T = TypeParam;
+  Shape s;
+  s.q_heads = 4, s.kv_heads = 2, s.sq = 2, s.dk = 16, s.dv = 16;
+  s.lengths = {17, 700};
+  Decode<T> p(s);
+  auto c = p.contiguous();
+  auto paged = p.paged(16);
+  DecodeOptions opts = p.options();
+  opts.scale = double(std::numeric_limits<float>::max()) / 2;  // logits overflow to +-inf
+  const std::vector<float> sinks{nan_v<float>(), 0.5f, 0.5f, 0.5f};
+  opts.sinks = sinks;
+  opts.window.left = 100;
+  for (index_t split : {0, 128}) {
+    opts.split_keys = split;
+    for (attend::Isa isa : attend::supported_isas())
+      for (int which = 0; which < 2; ++which) {
+        SCOPED_TRACE(std::string(attend::name(isa)) + (which ? " paged" : " contiguous") +
+                     ", split " + std::to_string(split));
+        attend::Context ctx;
+        ctx.isa = isa;
+        if (which == 0) p.run(*c, opts, ctx);
+        if (which == 1) p.run(*paged, opts, ctx);
+        for (index_t b = 0; b < 2; ++b)
+          for (index_t h = 0; h < 4; ++h)
+            for (index_t i = 0; i < 2; ++i) {
+              EXPECT_EQ(nan_row(p, b, h, i), h == 0) << b << ", " << h << ", " << i;
+              EXPECT_EQ(std::isnan(p.row_lse(b, h, i)), h == 0) << b << ", " << h << ", " << i;
+            }
+      }
+  }
+}
+
 // ---------------------------------------------------------------------------------------
 // Equivalences
 

@@ -164,7 +164,8 @@ struct DecodeMerge {
       for (index_t sp = 0; sp < p->splits; ++sp) {
         const float* part = first + sp * stride;
         const float ms = part[0], ls = part[1];
-        if (std::isnan(ls)) l = ls;
+        // A NaN sink leaves its split's m NaN, which the max above may skip.
+        if (std::isnan(ls) || std::isnan(ms)) l = std::numeric_limits<float>::quiet_NaN();
         // A weight of 0 still multiplies, as the rescale inside a split does: a NaN or inf
         // value row behind -inf logits makes the row NaN whether or not it was split.
         const float w =
