@@ -6,6 +6,10 @@
 //
 // Tolerances come from the oracle (support/tolerance.hpp); the checks that pin exact
 // behaviour (zeros, -inf, the sink, NaN placement) compare with ==.
+//
+// ctest runs this binary twice per path: as is, and with ATTEND_TEST_ENTRY=with_probs,
+// which makes every test call attention_with_probs instead: its o and lse are held to the
+// same checks, and its probabilities to the oracle's.
 
 #include "attend/attention.hpp"
 #include "attend/context.hpp"
@@ -15,6 +19,7 @@
 
 #include <Eigen/Core>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 #include <functional>
 #include <limits>
@@ -43,6 +48,15 @@ using testing_support::TensorBuffer;
 
 using Lengths = std::pair<index_t, index_t>;  // (Sq, Sk)
 
+// Whether this run tests attention_with_probs rather than attention (see the top).
+bool with_probs() {
+  static const bool on = [] {
+    const char* entry = std::getenv("ATTEND_TEST_ENTRY");
+    return entry != nullptr && std::string(entry) == "with_probs";
+  }();
+  return on;
+}
+
 constexpr Layout kLayouts[] = {Layout::bhsd, Layout::bshd};
 constexpr Alignment kAlignments[] = {Alignment::bottom_right, Alignment::top_left};
 
@@ -69,6 +83,7 @@ template <class T>
 struct Problem {
   Shape shape;
   TensorBuffer<T> q, k, v, o, lse;
+  TensorBuffer<T> probs;  // [B, Hq, Sq, Sk], written by attention_with_probs
 
   explicit Problem(const Shape& s, std::uint32_t seed = 7)
       : shape(s),
@@ -76,14 +91,26 @@ struct Problem {
         k(s.batch, s.kv_heads, s.sk, s.dk, s.layout),
         v(s.batch, s.kv_heads, s.sk, s.dv, s.layout),
         o(s.batch, s.q_heads, s.sq, s.dv, s.layout),
-        lse(s.batch, s.q_heads, s.sq, 1, s.layout) {
+        lse(s.batch, s.q_heads, s.sq, 1, s.layout),
+        probs(s.batch, s.q_heads, s.sq, s.sk, s.layout) {
     q.fill_random(seed);
     k.fill_random(seed + 1);
     v.fill_random(seed + 2);
   }
 
-  void run(const AttentionOptions& opts) {
-    attend::attention<T>(q.in(), k.in(), v.in(), o.view, opts, lse.view);
+  // The call under test (see with_probs()).
+  void run(const AttentionOptions& opts, const attend::Context& ctx = {}) {
+    if (with_probs())
+      attend::attention_with_probs<T>(q.in(), k.in(), v.in(), o.view, probs.view, opts, lse.view,
+                                      ctx);
+    else
+      attend::attention<T>(q.in(), k.in(), v.in(), o.view, opts, lse.view, ctx);
+  }
+  // The probabilities against the oracle's, when the call wrote them.
+  void check_probs(const ref::Attention& r) const {
+    if (!with_probs()) return;
+    EXPECT_TRUE(ref::probs_match<T>(probs.in(), r.rows));
+    EXPECT_TRUE(probs.canaries_intact()) << "probs written outside its view";
   }
   ref::Attention oracle(const AttentionOptions& opts) const {
     return ref::attention(ref::load<T>(q.in()), ref::load<T>(k.in()), ref::load<T>(v.in()), opts);
@@ -103,6 +130,7 @@ ref::Attention run_and_check(Problem<T>& p, const AttentionOptions& opts) {
   EXPECT_TRUE(ref::lse_matches<T>(p.lse.view, r.rows));
   EXPECT_TRUE(p.o.canaries_intact()) << "o written outside its view";
   EXPECT_TRUE(p.lse.canaries_intact()) << "lse written outside its view";
+  p.check_probs(r);
   return r;
 }
 
@@ -215,7 +243,10 @@ TYPED_TEST(Attention, LseIsOptionalAndDoesNotChangeTheOutput) {
   Problem<T> p({2, 4, 2, 17, 17, 16, 16, Layout::bshd});
   p.run({});
   const std::vector<T> with_lse = p.o.storage;
-  attend::attention<T>(p.q.in(), p.k.in(), p.v.in(), p.o.view);
+  if (with_probs())
+    attend::attention_with_probs<T>(p.q.in(), p.k.in(), p.v.in(), p.o.view, p.probs.view);
+  else
+    attend::attention<T>(p.q.in(), p.k.in(), p.v.in(), p.o.view);
   EXPECT_EQ(0, std::memcmp(with_lse.data(), p.o.storage.data(), with_lse.size() * sizeof(T)));
 }
 
@@ -845,30 +876,37 @@ struct Call {
   TensorView<const T> q, k, v;
   TensorView<T> o, lse;
   AttentionOptions opts;
+  TensorView<T> probs;
 };
 
 // Breaks one argument of a valid call on `p` and expects the call to throw naming `arg`
-// ("attend::attention: <arg>: ...") without changing any of p's buffers.
+// ("attend::attention: <arg>: ...", or attention_with_probs) without changing any of p's
+// buffers.
 template <class T>
 void expect_rejected(Problem<T>& p, const std::string& arg,
                      const std::function<void(Call<T>&)>& break_it) {
   SCOPED_TRACE("argument " + arg);
-  Call<T> c{p.q.in(), p.k.in(), p.v.in(), p.o.view, p.lse.view, {}};
+  Call<T> c{p.q.in(), p.k.in(), p.v.in(), p.o.view, p.lse.view, {}, p.probs.view};
   break_it(c);
-  const std::vector<T> before[] = {p.q.storage, p.k.storage, p.v.storage, p.o.storage,
-                                   p.lse.storage};
+  const std::vector<T> before[] = {p.q.storage, p.k.storage,   p.v.storage,
+                                   p.o.storage, p.lse.storage, p.probs.storage};
+  const std::string function = with_probs() ? "attention_with_probs" : "attention";
   try {
-    attend::attention<T>(c.q, c.k, c.v, c.o, c.opts, c.lse);
+    if (with_probs())
+      attend::attention_with_probs<T>(c.q, c.k, c.v, c.o, c.probs, c.opts, c.lse);
+    else
+      attend::attention<T>(c.q, c.k, c.v, c.o, c.opts, c.lse);
     ADD_FAILURE() << "accepted a bad " << arg;
   } catch (const std::invalid_argument& e) {
-    EXPECT_NE(std::string(e.what()).find("attend::attention: " + arg + ": "), std::string::npos)
+    EXPECT_NE(std::string(e.what()).find("attend::" + function + ": " + arg + ": "),
+              std::string::npos)
         << e.what();
   }
-  const std::vector<T>* after[] = {&p.q.storage, &p.k.storage, &p.v.storage, &p.o.storage,
-                                   &p.lse.storage};
-  for (int i = 0; i < 5; ++i)
+  const std::vector<T>* after[] = {&p.q.storage, &p.k.storage,   &p.v.storage,
+                                   &p.o.storage, &p.lse.storage, &p.probs.storage};
+  for (int i = 0; i < 6; ++i)
     EXPECT_EQ(0, std::memcmp(before[i].data(), after[i]->data(), before[i].size() * sizeof(T)))
-        << "buffer " << i << " (q, k, v, o, lse) changed";
+        << "buffer " << i << " (q, k, v, o, lse, probs) changed";
 }
 
 TYPED_TEST(Attention, RejectsBadTensorsWithoutWriting) {
@@ -933,6 +971,30 @@ TYPED_TEST(Attention, RejectsAliasedOutputsWithoutWriting) {
   expect_rejected<T>(p, "lse", [&](C& c) { c.opts.sinks = {over_lse, 2}; });
 }
 
+// probs must be [B, Hq, Sq, Sk], each element once, and clear of every other array.
+TYPED_TEST(Attention, RejectsBadProbsWithoutWriting) {
+  if (!with_probs()) GTEST_SKIP() << "runs with ATTEND_TEST_ENTRY=with_probs";
+  using T = TypeParam;
+  using C = Call<T>;
+  Problem<T> p({2, 2, 2, 5, 5, 8, 8, Layout::bhsd});
+  expect_rejected<T>(p, "probs", [](C& c) { c.probs.dim = 4; });
+  expect_rejected<T>(p, "probs", [](C& c) { c.probs.seq = 6; });
+  expect_rejected<T>(p, "probs", [](C& c) { c.probs.heads = 1; });
+  expect_rejected<T>(p, "probs", [](C& c) { c.probs.data = nullptr; });
+  expect_rejected<T>(p, "probs", [](C& c) { c.probs.head_stride = 0; });
+  const auto over = [](TensorBuffer<T>& t) {
+    return TensorView<T>::bhsd(t.storage.data(), 2, 2, 5, 5);
+  };
+  expect_rejected<T>(p, "probs", [&](C& c) { c.probs = over(p.q); });
+  expect_rejected<T>(p, "probs", [&](C& c) { c.probs = over(p.k); });
+  expect_rejected<T>(p, "probs", [&](C& c) { c.probs = over(p.v); });
+  expect_rejected<T>(p, "probs", [&](C& c) { c.probs = over(p.o); });
+  expect_rejected<T>(
+      p, "probs", [&](C& c) { c.lse = TensorView<T>::bhsd(p.probs.storage.data(), 2, 2, 5, 1); });
+  const float* over_probs = reinterpret_cast<const float*>(p.probs.storage.data());
+  expect_rejected<T>(p, "probs", [&](C& c) { c.opts.sinks = {over_probs, 2}; });
+}
+
 TYPED_TEST(Attention, RejectsBadOptionsWithoutWriting) {
   using T = TypeParam;
   using C = Call<T>;
@@ -985,10 +1047,11 @@ void check_every_path(Problem<T>& p, const AttentionOptions& opts,
     ctx.isa = isa;
     ctx.executor = executor;
     std::fill(p.o.storage.begin(), p.o.storage.end(), testing_support::canary<T>());
-    attend::attention<T>(p.q.in(), p.k.in(), p.v.in(), p.o.view, opts, p.lse.view, ctx);
+    p.run(opts, ctx);
     EXPECT_TRUE(ref::output_matches<T>(p.o.view, r));
     EXPECT_TRUE(ref::lse_matches<T>(p.lse.view, r.rows));
     EXPECT_TRUE(p.o.canaries_intact()) << "o written outside its view";
+    p.check_probs(r);
   }
 }
 
@@ -1046,7 +1109,7 @@ TYPED_TEST(Attention, EveryPathKeepsHiddenNaNValuesOutOfLongCausalRows) {
     SCOPED_TRACE(attend::name(isa));
     attend::Context ctx;
     ctx.isa = isa;
-    attend::attention<T>(p.q.in(), p.k.in(), p.v.in(), p.o.view, opts, p.lse.view, ctx);
+    p.run(opts, ctx);
     for (index_t i = 0; i < 400; ++i) EXPECT_EQ(nan_row(p, 0, 0, i), i >= 5) << "row " << i;
   }
 }
@@ -1062,15 +1125,19 @@ TYPED_TEST(Attention, ResultsAreBitIdenticalForAnyThreadCount) {
     SCOPED_TRACE(attend::name(isa));
     attend::Context ctx;
     ctx.isa = isa;
-    attend::attention<T>(p.q.in(), p.k.in(), p.v.in(), p.o.view, opts, p.lse.view, ctx);
-    const std::vector<T> serial = p.o.storage;
+    p.run(opts, ctx);
+    const std::vector<T> serial = p.o.storage, serial_probs = p.probs.storage;
     for (int threads : {1, 2, 3}) {
       attend::ThreadPool pool(threads);
       ctx.executor = &pool;
       std::fill(p.o.storage.begin(), p.o.storage.end(), testing_support::canary<T>());
-      attend::attention<T>(p.q.in(), p.k.in(), p.v.in(), p.o.view, opts, p.lse.view, ctx);
+      p.run(opts, ctx);
       EXPECT_EQ(std::memcmp(serial.data(), p.o.storage.data(), serial.size() * sizeof(T)), 0)
           << threads << " threads";
+      EXPECT_EQ(
+          std::memcmp(serial_probs.data(), p.probs.storage.data(), serial_probs.size() * sizeof(T)),
+          0)
+          << threads << " threads: probs";
     }
   }
 }

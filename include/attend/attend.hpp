@@ -8,7 +8,8 @@
 //   scores.hpp     scores: S = scale * Q K^T
 //   softmax.hpp    softmax: plain and masked, in place or not, with log-sum-exp
 //   merge.hpp      merge_values: O = P V
-//   attention.hpp  attention: all of the above for every batch and head in one call
+//   attention.hpp  attention: all of the above for every batch and head in one call;
+//                  attention_with_probs: the same, returning the probabilities too
 //   mha.hpp        multihead_attention: projections, attention and output projection
 //   varlen.hpp     attention_varlen: packed sequences of different lengths, no padding
 //   kv_cache.hpp   KvCache, PagedKvCache and append: the keys and values of past tokens

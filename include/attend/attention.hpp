@@ -32,6 +32,7 @@
 #include "attend/detail/check.hpp"
 #include "attend/detail/dispatch.hpp"
 #include "attend/detail/score_rule.hpp"
+#include "attend/detail/with_probs.hpp"
 #include "attend/options.hpp"
 #include "attend/scores.hpp"
 #include "attend/view.hpp"
@@ -76,6 +77,32 @@ void attention(TensorIn<T> q, TensorIn<T> k, TensorIn<T> v, TensorView<T> o,
   const detail::Checker c("attention");
   detail::check_attention<T>(c, q, k, v, o, opts, lse);
   detail::attention<T>(c.isa(ctx), detail::executor_of(ctx), q, k, v, o, opts, lse);
+}
+
+// attention() that also writes the probabilities, probs [B, Hq, Sq, Sk]: row i of head h
+// holds the weights with which o's row mixes the value rows, the softmax of its logits,
+// zeros for the keys it cannot see. For users who need the weights (to inspect them, or
+// for a backward pass). o and lse are those of attention() to rounding (the arithmetic
+// is the unfused composition's: scores, softmax, merge, each with the path's kernels).
+// It writes Sq x Sk values per head where attention() writes none, so it is slower; it
+// computes only the keys each block of rows can see, so causal prefill costs about half
+// the full products. probs may not overlap q, k, v, o, lse or the options' arrays.
+template <class T>
+void attention_with_probs(TensorIn<T> q, TensorIn<T> k, TensorIn<T> v, TensorView<T> o,
+                          TensorView<T> probs, const AttentionOptions& opts = {},
+                          TensorView<T> lse = {}, const Context& ctx = {}) {
+  const detail::Checker c("attention_with_probs");
+  detail::check_attention<T>(c, q, k, v, o, opts, lse);
+  c.tensor("probs", probs, {q.batch, q.heads, q.seq, k.seq});
+  c.distinct_elements("probs", probs);
+  c.disjoint("probs", probs, "q", q);
+  c.disjoint("probs", probs, "k", k);
+  c.disjoint("probs", probs, "v", v);
+  c.disjoint("probs", probs, "o", o);
+  if (detail::given(lse)) c.disjoint("probs", probs, "lse", lse);
+  detail::check_clear_of_options(c, "probs", probs, opts);
+  detail::attention_with_probs<T>(c.isa(ctx), detail::executor_of(ctx), q, k, v, o, probs, opts,
+                                  lse);
 }
 
 ATTEND_NAMESPACE_END

@@ -1,14 +1,15 @@
-// fuzz_attention: attend::attention on every path this CPU runs (the fused kernels of the
-// SIMD paths, the unfused composition of the portable path; double always runs the
-// latter), with every AttentionOptions rule, grouped-query heads, BHSD, BSHD, padded rows
+// fuzz_attention: attend::attention and attend::attention_with_probs on every path this CPU
+// runs (the fused kernels of the SIMD paths, the unfused composition of the portable path
+// and of attention_with_probs; double always runs the latter), with every AttentionOptions
+// rule, grouped-query heads, BHSD, BSHD, padded rows
 // and batch-shared inputs, with and without LSE, in float and double, against the oracle
 // ref::attention (tests/support/reference.hpp) with the tolerances of
-// tests/support/tolerance.hpp.
+// tests/support/tolerance.hpp; attention_with_probs's probabilities against the oracle's.
 //
 // Beyond the oracle it checks what attention.hpp and options.hpp promise whatever the data:
 // a fully masked row is exact zeros with LSE -inf; keys past key_lengths are never read
 // (their K and V rows hold NaN and, under AddressSanitizer, are poisoned during the call);
-// nothing is written outside o and lse; three threads give the serial bits. One case in
+// nothing is written outside o, lse and probs; three threads give the serial bits. One case in
 // eight is made invalid on purpose: the call must throw std::invalid_argument naming the
 // broken argument and leave every buffer as it was.
 #include "attend/attention.hpp"
@@ -36,7 +37,7 @@ using fuzz::TensorBuffer;
 template <class T>
 struct Problem {
   index_t B = 0, Hq = 0, Hkv = 0, Sq = 0, Sk = 0, Dk = 0, Dv = 0;
-  std::unique_ptr<TensorBuffer<T>> q, k, v, o, lse;
+  std::unique_ptr<TensorBuffer<T>> q, k, v, o, lse, probs;
   fuzz::ScoreOptionsCase so;
 
   // Key rows no batch reads (j >= key_lengths[b] for every batch b that views the row):
@@ -169,15 +170,25 @@ void run(Case& c) {
   pb.q = fuzz::make_tensor<T>(B, Hq, Sq, Dk, fuzz::decode_layout(c, "q", true));
   pb.k = fuzz::make_tensor<T>(B, Hkv, Sk, Dk, fuzz::decode_layout(c, "k", true));
   pb.v = fuzz::make_tensor<T>(B, Hkv, Sk, Dv, fuzz::decode_layout(c, "v", true));
-  pb.o = fuzz::make_tensor<T>(B, Hq, Sq, Dv, fuzz::decode_layout(c, "o", false));
+  const fuzz::TensorLayout o_layout = fuzz::decode_layout(c, "o", false);
+  pb.o = fuzz::make_tensor<T>(B, Hq, Sq, Dv, o_layout);
   pb.lse = fuzz::make_tensor<T>(B, Hq, Sq, 1, fuzz::decode_layout(c, "lse", false));
+  // o's layout, decoding no bytes of its own: the corpus's inputs keep their meaning.
+  pb.probs = fuzz::make_tensor<T>(B, Hq, Sq, Sk, o_layout);
   values.take_pool(c);
   values.fill(*pb.q), values.fill(*pb.k), values.fill(*pb.v);
   pb.so.fill(values, Hq);
 
   TensorView<const T> q = pb.q->in(), k = pb.k->in(), v = pb.v->in();
   TensorView<T> o = pb.o->view, lse = with_lse ? pb.lse->view : TensorView<T>{};
-  auto call = [&](const attend::Context& on) { attend::attention<T>(q, k, v, o, opts, lse, on); };
+  const TensorView<T> probs = pb.probs->view;
+  bool via_probs = false;  // which of the two calls `call` makes
+  auto call = [&](const attend::Context& on) {
+    if (via_probs)
+      attend::attention_with_probs<T>(q, k, v, o, probs, opts, lse, on);
+    else
+      attend::attention<T>(q, k, v, o, opts, lse, on);
+  };
 
   if (broken >= 0) {
     const bool q_elements = B * Hq * Sq * Dk > 0, o_elements = B * Hq * Sq * Dv > 0;
@@ -223,9 +234,12 @@ void run(Case& c) {
         arg = fuzz::break_option(broken - 12, pb.so, B, Hq);
     }
     if (arg.empty()) arg = fuzz::break_option(0, pb.so, B, Hq);
-    c.rejected(
-        "attention", arg, [&] { call(ctx); }, pb.q->storage, pb.k->storage, pb.v->storage,
-        pb.o->storage, pb.lse->storage);
+    for (bool p : {false, true}) {
+      via_probs = p;
+      c.rejected(
+          p ? "attention_with_probs" : "attention", arg, [&] { call(ctx); }, pb.q->storage,
+          pb.k->storage, pb.v->storage, pb.o->storage, pb.lse->storage, pb.probs->storage);
+    }
     return;
   }
 
@@ -251,50 +265,66 @@ void run(Case& c) {
     for (const auto& rows : {unread_k, unread_v})
       for (const auto& [row, n] : rows) fuzz::unpoison(row, n);
   };
-  poisoned_call("attention", ctx);
+  // Every check of one call's results; p: the call was attention_with_probs.
+  auto check_call = [&](const std::string& name, bool p) {
+    c.check(pb.o->canaries_intact(), name + ": o written outside its view");
+    c.check(pb.lse->canaries_intact(), name + ": lse written outside its view");
+    if (p) c.check(pb.probs->canaries_intact(), name + ": probs written outside its view");
+    c.check(same_bits(pb.q->storage, q_before) && same_bits(pb.k->storage, k_before) &&
+                same_bits(pb.v->storage, v_before),
+            name + ": an input changed");
+    if (comparable) {
+      c.check(ref::output_matches<T>(o, r), name + ": o against the oracle");
+      if (with_lse) c.check(ref::lse_matches<T>(lse, r.rows), name + ": lse against the oracle");
+      if (p) c.check(ref::probs_match<T>(probs, r.rows), name + ": probs against the oracle");
+    }
+    if (no_nan) {
+      bool clean = true;
+      pb.o->for_each([&](T& x) { clean = clean && !std::isnan(x); });
+      pb.lse->for_each([&](T& x) { clean = clean && !std::isnan(x); });
+      if (p) pb.probs->for_each([&](T& x) { clean = clean && !std::isnan(x); });
+      c.check(clean, name + ": NaN in o, lse or probs from finite inputs");
+    }
+    // Rows that see no key, whatever the data: exact zeros, and LSE -inf without sinks; a NaN
+    // sink joins every row's denominator and makes the row NaN, o and LSE.
+    for (index_t b = 0; b < B; ++b)
+      for (index_t h = 0; h < Hq; ++h)
+        for (index_t i = 0; i < Sq; ++i) {
+          bool sees = false;
+          for (index_t j = 0; j < Sk && !sees; ++j) sees = ref::visible(opts, b, h, i, j, Sq, Sk);
+          if (sees) continue;
+          const std::string row = ref::where(b, h, i, 0);
+          const bool nan_sink = !opts.sinks.empty() && std::isnan(opts.sinks[h]);
+          for (index_t d = 0; d < Dv; ++d)
+            c.check(nan_sink ? std::isnan(o.row(b, h, i)[d]) : o.row(b, h, i)[d] == T(0),
+                    name + ": o row " + row + " sees no key but is not " +
+                        (nan_sink ? "NaN" : "zeros"));
+          if (with_lse && (opts.sinks.empty() || nan_sink))
+            c.check(nan_sink ? std::isnan(*lse.row(b, h, i))
+                             : *lse.row(b, h, i) == -std::numeric_limits<T>::infinity(),
+                    name + ": lse of row " + row + " that sees no key is not " +
+                        (nan_sink ? "NaN" : "-inf"));
+        }
 
-  c.check(pb.o->canaries_intact(), "o written outside its view");
-  c.check(pb.lse->canaries_intact(), "lse written outside its view");
-  c.check(same_bits(pb.q->storage, q_before) && same_bits(pb.k->storage, k_before) &&
-              same_bits(pb.v->storage, v_before),
-          "an input changed");
-  if (comparable) {
-    c.check(ref::output_matches<T>(o, r), "o against the oracle");
-    if (with_lse) c.check(ref::lse_matches<T>(lse, r.rows), "lse against the oracle");
-  }
-  if (no_nan) {
-    bool clean = true;
-    pb.o->for_each([&](T& x) { clean = clean && !std::isnan(x); });
-    pb.lse->for_each([&](T& x) { clean = clean && !std::isnan(x); });
-    c.check(clean, "NaN in o or lse from finite inputs");
-  }
-  // Rows that see no key, whatever the data: exact zeros, and LSE -inf without sinks; a NaN
-  // sink joins every row's denominator and makes the row NaN, o and LSE.
-  for (index_t b = 0; b < B; ++b)
-    for (index_t h = 0; h < Hq; ++h)
-      for (index_t i = 0; i < Sq; ++i) {
-        bool sees = false;
-        for (index_t j = 0; j < Sk && !sees; ++j) sees = ref::visible(opts, b, h, i, j, Sq, Sk);
-        if (sees) continue;
-        const std::string row = ref::where(b, h, i, 0);
-        const bool nan_sink = !opts.sinks.empty() && std::isnan(opts.sinks[h]);
-        for (index_t d = 0; d < Dv; ++d)
-          c.check(nan_sink ? std::isnan(o.row(b, h, i)[d]) : o.row(b, h, i)[d] == T(0),
-                  "o row " + row + " sees no key but is not " + (nan_sink ? "NaN" : "zeros"));
-        if (with_lse && (opts.sinks.empty() || nan_sink))
-          c.check(nan_sink ? std::isnan(*lse.row(b, h, i))
-                           : *lse.row(b, h, i) == -std::numeric_limits<T>::infinity(),
-                  "lse of row " + row + " that sees no key is not " + (nan_sink ? "NaN" : "-inf"));
-      }
-
-  if (threads) {  // the same bits on three threads
-    const std::vector<T> serial = pb.o->storage, serial_lse = pb.lse->storage;
-    attend::Context on = ctx;
-    on.executor = &fuzz::pool();
-    poisoned_call("attention on three threads", on);
-    c.check(fuzz::same_results(pb.o->storage, serial) &&
-                fuzz::same_results(pb.lse->storage, serial_lse),
-            "three threads changed the bits of the result");
+    if (threads) {  // the same bits on three threads
+      const std::vector<T> serial = pb.o->storage, serial_lse = pb.lse->storage,
+                           serial_probs = pb.probs->storage;
+      attend::Context on = ctx;
+      on.executor = &fuzz::pool();
+      poisoned_call((name + " on three threads").c_str(), on);
+      c.check(fuzz::same_results(pb.o->storage, serial) &&
+                  fuzz::same_results(pb.lse->storage, serial_lse) &&
+                  fuzz::same_results(pb.probs->storage, serial_probs),
+              name + ": three threads changed the bits of the result");
+    }
+  };
+  for (bool p : {false, true}) {
+    via_probs = p;
+    const std::string name = p ? "attention_with_probs" : "attention";
+    for (auto* t : {&pb.o, &pb.lse, &pb.probs})  // an element left unwritten stays a canary
+      std::fill((*t)->storage.begin(), (*t)->storage.end(), testing_support::canary<T>());
+    poisoned_call(name.c_str(), ctx);
+    check_call(name, p);
   }
 }
 

@@ -2,9 +2,15 @@
 // path, with ATTEND_ISA naming the path (see tests/CMakeLists.txt): every call that does not
 // force a path through its Context then runs that path. On a CPU that cannot run the
 // path, every test is skipped rather than failed.
+//
+// An argument --entry=<name> (after GoogleTest's own) sets ATTEND_TEST_ENTRY=<name> for
+// tests that can run more than one entry point (test_attention: --entry=with_probs);
+// ctest passes it as an argument because a test's ENVIRONMENT property keeps one variable
+// per gtest_discover_tests call.
 #include <gtest/gtest.h>
 
 #include <cstdlib>
+#include <stdexcept>
 #include <string>
 
 #include "attend/isa.hpp"
@@ -25,6 +31,12 @@ class PathEnvironment : public ::testing::Environment {
 
 int main(int argc, char** argv) {
   ::testing::InitGoogleTest(&argc, argv);
+  const std::string entry = "--entry=";
+  for (int i = 1; i < argc; ++i) {
+    const std::string arg = argv[i];
+    if (arg.rfind(entry, 0) != 0) throw std::invalid_argument("unknown argument " + arg);
+    setenv("ATTEND_TEST_ENTRY", arg.substr(entry.size()).c_str(), 1);
+  }
   ::testing::AddGlobalTestEnvironment(new PathEnvironment);
   return RUN_ALL_TESTS();
 }

@@ -25,19 +25,19 @@ namespace detail {
 // multiplied by their zero weight, so whatever their V rows hold (NaN, inf) stays out. A row
 // with no mass (lse[i] = -inf: every visible logit -inf, as an additive -inf mask gives) is
 // fully masked too, and gets zeros; a row with a NaN denominator (lse[i] NaN: a NaN logit or
-// sink) is NaN, keys or none.
+// sink) is NaN, keys or none. Row i of p, lse and o is query row first + i of the rule.
 template <class T>
 void merge_visible(const ScoreRule<acc_t<T>>& rule, MatrixView<const T> p, const acc_t<T>* lse,
-                   MatrixView<const T> v, MatrixView<T> o) {
+                   MatrixView<const T> v, MatrixView<T> o, index_t first = 0) {
   using Acc = acc_t<T>;
   std::vector<Acc> row(static_cast<std::size_t>(v.cols));
   for (index_t i = 0; i < p.rows; ++i) {
     std::fill(row.begin(), row.end(), Acc(0));
-    const KeyRange keys = rule.keys(i);
+    const KeyRange keys = rule.keys(first + i);
     if (std::isnan(lse[i])) std::fill(row.begin(), row.end(), lse[i]);
     const bool empty = lse[i] == -std::numeric_limits<Acc>::infinity() || std::isnan(lse[i]);
     for (index_t j = keys.begin; j < std::min(keys.end, p.cols) && !empty; ++j) {
-      if (rule.hidden(i, j)) continue;
+      if (rule.hidden(first + i, j)) continue;
       const Acc pij = Acc(p(i, j));
       const T* vj = v.row(j);
       for (index_t d = 0; d < v.cols; ++d) row[d] += pij * Acc(vj[d]);
