@@ -7,6 +7,8 @@
 // needs the probabilities would make, scores -> softmax (in place) -> merge_values, one
 // head at a time, on the SIMD paths: the composition the issue compares with OpenBLAS's
 // (sgemm, softmax, sgemm per head: /work/shared/peers openblas_attn outer).
+// Attention_WithProbs runs attention_with_probs, the one call that gives the same
+// probabilities [B, Hq, Sq, Sk] (and o), computing only the keys each row block sees.
 //
 // Counters: FLOPS in the peers' convention (causal prefill counts the lower triangle,
 // whatever an implementation computes); decode shapes add the bytes of K and V read per
@@ -110,6 +112,20 @@ void unfused_attend(benchmark::State& state, const AttentionShape& s, const Targ
   report(state, t, s.attention_flops(), bytes_read(s));
 }
 
+void with_probs_attend(benchmark::State& state, const AttentionShape& s, const Target& t) {
+  const AttentionData& in = attention_data(s);
+  std::vector<float> probs(std::size_t(s.batch * s.q_heads * s.q_len * s.kv_len));
+  const auto run = [&](float* o) {
+    attend::attention_with_probs<float>(
+        q_view(s, in.q.data()), kv_view(s, in.k.data()), kv_view(s, in.v.data()), q_view(s, o),
+        attend::TensorView<float>::bhsd(probs.data(), s.batch, s.q_heads, s.q_len, s.kv_len),
+        attention_options(s), {}, t.context);
+  };
+  if (!validated(state, "WithProbs/" + s.name, t, [&] { return check_attention(s, run); })) return;
+  time_kernel(state, std::size_t(s.q_elems()), run);
+  report(state, t, s.attention_flops(), bytes_read(s));
+}
+
 void attention_eigen(benchmark::State& state, const AttentionShape& s, const Target& t) {
   const Target best = best_attend_target();
   if (!validated(state, "Attention/" + s.name, best, [&] { return check_attention(s, best); }))
@@ -128,9 +144,12 @@ void register_attention_benchmarks() {
     for (const Target& t : attend_targets()) {
       register_benchmark("Attention_Attend", s.name, t,
                          [s, t](benchmark::State& st) { attention_attend(st, s, t); });
-      if (t.context.isa != attend::Isa::portable && !s.is_decode() && s.name != "P2")
+      if (t.context.isa != attend::Isa::portable && !s.is_decode() && s.name != "P2") {
         register_benchmark("Attention_Unfused", s.name, t,
                            [s, t](benchmark::State& st) { unfused_attend(st, s, t); });
+        register_benchmark("Attention_WithProbs", s.name, t,
+                           [s, t](benchmark::State& st) { with_probs_attend(st, s, t); });
+      }
     }
     const Target e = eigen_target();
     register_benchmark("Attention_Eigen", s.name, e,
