@@ -88,7 +88,13 @@ void report(benchmark::State& state, const Target& target, double flops, double 
   if (flops > 0)
     state.counters["FLOPS"] =
         benchmark::Counter(flops, benchmark::Counter::kIsIterationInvariantRate);
-  if (bytes > 0) state.SetBytesProcessed(std::int64_t(bytes) * state.iterations());
+  if (bytes > 0) {
+    // bytes_per_second prints in binary units (G/s = 2^30 bytes/s, raw bytes/s in the JSON);
+    // GBps prints in decimal units, the GB/s of the peers and the read probe.
+    state.SetBytesProcessed(std::int64_t(bytes) * state.iterations());
+    state.counters["GBps"] = benchmark::Counter(
+        bytes, benchmark::Counter::kIsIterationInvariantRate, benchmark::Counter::OneK::kIs1000);
+  }
 }
 
 std::vector<float> uniform(std::size_t n, std::uint32_t seed, float scale) {

@@ -51,7 +51,9 @@ void time_kernel(benchmark::State& state, std::size_t out_elems,
                  const std::function<void(float* out)>& run);
 
 // After the timed loop: the ISA as the label, a FLOPS rate counter (reads as FLOP/s) when
-// flops > 0 and bytes processed (GB/s) when bytes > 0; both per iteration.
+// flops > 0, and when bytes > 0 the bytes processed, twice: bytes_per_second (Google
+// Benchmark's, printed in GiB/s) and GBps (printed in GB/s, 10^9 bytes, as the peers
+// print); all per iteration.
 void report(benchmark::State& state, const Target& target, double flops, double bytes);
 
 // n values uniform in (-scale, scale) from a fixed seed: every run sees the same data.
