@@ -669,15 +669,23 @@ TYPED_TEST(Decoding, LogitsAroundTenThousandStillMatch) {
 // The largest accepted scale overflows float logits to +-inf. Keys at +inf share the mass
 // (across splits too), keys at -inf get none; nothing becomes NaN and each output stays
 // in the convex hull of the value rows its row sees.
-TYPED_TEST(Decoding, ScaleOverflowingLogitsGivesNoNaN) {
-  using T = TypeParam;
+// Two sequences, the second long enough to split at 128 keys, for the largest accepted
+// scale, which overflows float logits to +-inf.
+Shape overflow_shape() {
   Shape s;
   s.q_heads = 4, s.kv_heads = 2, s.sq = 2, s.dk = 16, s.dv = 16;
   s.lengths = {17, 700};
+  return s;
+}
+constexpr double kLargestScale = double(std::numeric_limits<float>::max()) / 2;
+
+TYPED_TEST(Decoding, ScaleOverflowingLogitsGivesNoNaN) {
+  using T = TypeParam;
+  const Shape s = overflow_shape();
   Decode<T> p(s);
   auto c = p.contiguous();
   DecodeOptions opts = p.options();
-  opts.scale = double(std::numeric_limits<float>::max()) / 2;  // the largest accepted
+  opts.scale = kLargestScale;
   for (index_t split : {0, 128})
     for (attend::Isa isa : attend::supported_isas()) {
       SCOPED_TRACE(std::string(attend::name(isa)) + ", split " + std::to_string(split));
@@ -709,14 +717,11 @@ TYPED_TEST(Decoding, ScaleOverflowingLogitsGivesNoNaN) {
 // by fuzz_decode.)
 TYPED_TEST(Decoding, NaNSinkSurvivesTheMergeWithOverflowedSplits) {
   using T = TypeParam;
-  Shape s;
-  s.q_heads = 4, s.kv_heads = 2, s.sq = 2, s.dk = 16, s.dv = 16;
-  s.lengths = {17, 700};
-  Decode<T> p(s);
+  Decode<T> p(overflow_shape());
   auto c = p.contiguous();
   auto paged = p.paged(16);
   DecodeOptions opts = p.options();
-  opts.scale = double(std::numeric_limits<float>::max()) / 2;  // logits overflow to +-inf
+  opts.scale = kLargestScale;
   const std::vector<float> sinks{nan_v<float>(), 0.5f, 0.5f, 0.5f};
   opts.sinks = sinks;
   opts.window.left = 100;
