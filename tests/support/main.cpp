@@ -4,13 +4,13 @@
 // path, every test is skipped rather than failed.
 //
 // An argument --entry=<name> (after GoogleTest's own) sets ATTEND_TEST_ENTRY=<name> for
-// tests that can run more than one entry point (test_attention: --entry=with_probs);
-// ctest passes it as an argument because a test's ENVIRONMENT property keeps one variable
-// per gtest_discover_tests call.
+// tests that can run more than one entry point (test_attention: --entry=with_probs).
+// ctest passes it as an argument because gtest_discover_tests's PROPERTIES keeps only the
+// first element of a list, so ENVIRONMENT cannot hold a second variable there.
 #include <gtest/gtest.h>
 
+#include <cstdio>
 #include <cstdlib>
-#include <stdexcept>
 #include <string>
 
 #include "attend/isa.hpp"
@@ -34,7 +34,11 @@ int main(int argc, char** argv) {
   const std::string entry = "--entry=";
   for (int i = 1; i < argc; ++i) {
     const std::string arg = argv[i];
-    if (arg.rfind(entry, 0) != 0) throw std::invalid_argument("unknown argument " + arg);
+    if (arg.rfind(entry, 0) != 0) {
+      std::fprintf(stderr, "%s: unknown argument %s (expected --entry=<name>)\n", argv[0],
+                   arg.c_str());
+      return 2;
+    }
     setenv("ATTEND_TEST_ENTRY", arg.substr(entry.size()).c_str(), 1);
   }
   ::testing::AddGlobalTestEnvironment(new PathEnvironment);
