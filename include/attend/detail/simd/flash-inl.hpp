@@ -502,13 +502,15 @@ struct PackedKeys {
   std::vector<float> panels;  // keys [0, length) in panels of kPanel (see pack_keys)
 };
 
+// Packs the keys of (batch, kv head) pairs first + t into out[t].
 struct PackTasks {
   TensorView<const float> k;
   const AttentionOptions* opts;
   PackedKeys* out;
+  index_t first;
 
   void operator()(index_t t) const {
-    const index_t b = t / k.heads, g = t % k.heads;
+    const index_t b = (first + t) / k.heads, g = (first + t) % k.heads;
     const index_t length = opts->key_lengths.empty() ? k.seq : opts->key_lengths[b];
     out[t].panels.resize(std::size_t((length + kPanel - 1) / kPanel * kPanel * k.dim));
     pack_keys(k.head(b, g), length, k.dim, out[t].panels.data());
@@ -578,15 +580,15 @@ struct FlashTasks {
   TensorView<float> o;
   const AttentionOptions* opts;
   TensorView<float> lse;
-  const PackedKeys* packed;
-  index_t chunks;
+  const PackedKeys* packed;  // of pairs first, first + 1, ...
+  index_t first, chunks;
 
   // Later chunks have more keys under a causal mask: they are handed out first, so the
   // last tasks to run are the short ones and the threads finish together.
   void operator()(index_t t) const {
-    const index_t chunk = chunks - 1 - t % chunks, bg = t / chunks;
+    const index_t chunk = chunks - 1 - t % chunks, bg = first + t / chunks;
     const index_t r0 = chunk * kTaskRows;
-    flash_task(q, k, v, o, *opts, lse, packed[bg], bg / k.heads, bg % k.heads, r0,
+    flash_task(q, k, v, o, *opts, lse, packed[t / chunks], bg / k.heads, bg % k.heads, r0,
                std::min(q.seq, r0 + kTaskRows));
   }
 };
