@@ -505,8 +505,8 @@ TEST(LinearPaths, EveryPathMatchesTheOracleAroundTheRegisterTiles) {
 }
 
 TEST(LinearPaths, LargeAndDeepProductsMatchTheOracleOnEveryPath) {
-  // Several tasks of columns; K deeper than one pass (two and three passes); few rows of x
-  // with a weight too wide to be read in place (in_out: over 1 MiB of rows per pass).
+  // Several tasks of columns; K deeper than one pass (two and three passes); in_out weights
+  // over 1 MiB per pass, packed for 13 rows of x and read in place by one tile of 5 rows.
   expect_every_path_matches({{300, 257, 520}, {7, 33, 4100}, {13, 70, 8193}, {5, 300, 1000}}, 200);
 }
 

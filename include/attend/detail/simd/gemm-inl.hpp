@@ -71,11 +71,12 @@ constexpr index_t kTaskRows = 1536;
 constexpr index_t kTaskCols = 256;
 static_assert(kTaskCols % kNR == 0, "tasks start on panel boundaries");
 // A b stored [K, N] is read in place, its rows being already vectors of the panel, when
-// at most kInPlaceRows rows of c reuse each panel and a pass spans at most kInPlaceBytes
-// of b (kc rows, b.stride apart), which then stay in L2 from one tile to the next (16 x
-// 512 x 512 ran 1.2 times faster in place than packed). A wider span comes from memory
-// for every tile, a row per page when rows are 4 KiB apart, and is better packed once (16
-// x 6144 x 2048 ran 1.7 times faster packed).
+// one tile of kMRows rows is all that reads each panel (packing would only add a copy), or
+// when at most kInPlaceRows rows of c reuse each panel and a pass spans at most
+// kInPlaceBytes of b (kc rows, b.stride apart), which then stay in L2 from one tile to the
+// next (16 x 512 x 512 ran 1.2 times faster in place than packed). A wider span comes from
+// memory for every tile, a row per page when rows are 4 KiB apart, and is better packed
+// once (16 x 6144 x 2048 ran 1.7 times faster packed).
 constexpr index_t kInPlaceRows = 4 * kMRows;
 constexpr index_t kInPlaceBytes = index_t(1) << 20;
 // A panel that comes from memory (pre-packed, or b read in place) rather than from the
@@ -320,8 +321,10 @@ inline void run_task(const Problem& pr, index_t i0, index_t i1, index_t j0, inde
   const index_t k = pr.a.cols, n = pr.c.cols, rows = i1 - i0;
   const index_t full_rows = rows / kMRows * kMRows;
   const bool in_place_b =
-      !pr.prepacked && !pr.b_transposed && rows <= kInPlaceRows &&
-      std::min(k, pr.depth) * pr.b.stride * index_t(sizeof(float)) <= kInPlaceBytes;
+      !pr.prepacked && !pr.b_transposed &&
+      (rows <= kMRows ||
+       (rows <= kInPlaceRows &&
+        std::min(k, pr.depth) * pr.b.stride * index_t(sizeof(float)) <= kInPlaceBytes));
   Scratch& s = scratch();
 
   for (index_t k0 = 0;; k0 += pr.depth) {
