@@ -37,6 +37,19 @@ bool same_bits(const std::vector<T>& a, const std::vector<T>& b) {
          (a.empty() || std::memcmp(a.data(), b.data(), a.size() * sizeof(T)) == 0);
 }
 
+// Two matrices of one shape hold the same bits (so -0 differs from +0 and NaNs compare by
+// payload); the failure names the first element that differs.
+template <class T>
+::testing::AssertionResult same_bits(attend::MatrixView<const T> a, attend::MatrixView<const T> b) {
+  if (a.rows != b.rows || a.cols != b.cols) return ::testing::AssertionFailure() << "shapes differ";
+  for (attend::index_t i = 0; i < a.rows; ++i)
+    for (attend::index_t j = 0; j < a.cols; ++j)
+      if (std::memcmp(a.row(i) + j, b.row(i) + j, sizeof(T)) != 0)
+        return ::testing::AssertionFailure()
+               << "at [" << i << ", " << j << "]: " << a(i, j) << " vs " << b(i, j);
+  return ::testing::AssertionSuccess();
+}
+
 // Runs `call` and expects it to throw std::invalid_argument naming the function and the
 // argument of `expected`, with every storage in `watched` (the outputs, and inputs where an
 // output aliases them) bitwise unchanged: attend checks all arguments before writing

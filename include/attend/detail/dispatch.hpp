@@ -45,13 +45,33 @@ void gemm(Isa isa, const Executor& executor, MatrixView<const T> a, MatrixView<c
 }
 
 // Per-head products with grouped heads: c[b, h] = alpha * a[b, h] * op(b_[b, h / group]) for
-// every (batch, head) pair, one task each (scores and merge_values).
+// every (batch, head) pair (scores and merge_values). The heads that share a head of b form
+// one product, one task, when their rows of a and of c are each one strided matrix (one
+// row per head, as in decode, or heads stored back to back): b is then read, and on the
+// SIMD paths packed, once per group rather than once per head. Each element of c is the
+// same chain of operations either way (see gemm-inl.hpp), so the bits do not change.
 template <class T>
 void gemm_per_head(const Context& ctx, TensorView<const T> a, TensorView<const T> b,
                    bool b_transposed, acc_t<T> alpha, TensorView<T> c) {
   if (a.heads == 0) return;
   const index_t group = a.heads / b.heads;
   const Isa isa = resolve(ctx.isa);
+  const auto stacked = [](index_t seq, index_t head_stride, index_t seq_stride) {
+    return seq == 1 || head_stride == seq * seq_stride;
+  };
+  if (group > 1 && a.seq > 0 && stacked(a.seq, a.head_stride, a.seq_stride) &&
+      stacked(c.seq, c.head_stride, c.seq_stride)) {
+    // Row r = (h - g * group) * seq + i of a group's matrices is query position i of head h.
+    const index_t a_step = a.seq == 1 ? a.head_stride : a.seq_stride;
+    const index_t c_step = c.seq == 1 ? c.head_stride : c.seq_stride;
+    executor_of(ctx).parallel_for(a.batch * b.heads, [&](index_t task) {
+      const index_t n = task / b.heads, g = task % b.heads;
+      const MatrixView<const T> ag(a.row(n, g * group, 0), group * a.seq, a.dim, a_step);
+      const MatrixView<T> cg(c.row(n, g * group, 0), group * c.seq, c.dim, c_step);
+      gemm<T>(isa, SerialExecutor(), ag, b.head(n, g), b_transposed, alpha, nullptr, false, cg);
+    });
+    return;
+  }
   executor_of(ctx).parallel_for(a.batch * a.heads, [&](index_t task) {
     const index_t n = task / a.heads, h = task % a.heads;
     gemm<T>(isa, SerialExecutor(), a.head(n, h), b.head(n, h / group), b_transposed, alpha, nullptr,
