@@ -80,6 +80,7 @@ class ThreadPool final : public Executor {
   ThreadPool& operator=(const ThreadPool&) = delete;
 
   int concurrency() const override { return threads_; }
+
   void parallel_for(index_t n, const std::function<void(index_t)>& task) const override {
     if (n <= 0) return;
     if (threads_ == 1 || n == 1 || inside_task()) {
@@ -114,10 +115,13 @@ class ThreadPool final : public Executor {
     std::atomic<int> workers_inside{0};  // workers that may still touch the job
     std::exception_ptr error;            // under mutex_
   };
+
   static bool& inside_task() {
     thread_local bool inside = false;
     return inside;
   }
+
+  // One turn of a spin: tells the core that this thread only waits.
   static void relax() {
 #if defined(__x86_64__) || defined(__i386__)
     __builtin_ia32_pause();
@@ -125,6 +129,7 @@ class ThreadPool final : public Executor {
     asm volatile("yield");
 #endif
   }
+
   // Spins until ready() or for spin_, whichever comes first; yields every 64 turns.
   template <class Ready>
   void spin_until(const Ready& ready) const {
@@ -138,6 +143,7 @@ class ThreadPool final : public Executor {
       }
     }
   }
+
   // Takes tasks until none are left; records completions and the first exception.
   void run(Job& job) const {
     index_t ran = 0;
@@ -155,6 +161,7 @@ class ThreadPool final : public Executor {
     job.finished += ran;
     if (error && !job.error) job.error = error;
   }
+
   void work() const {
     std::uint64_t seen = 0;
     for (;;) {
