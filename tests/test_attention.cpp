@@ -204,7 +204,7 @@ TYPED_TEST(Attention, MatchesOracleAcrossSequenceLengths) {
 
 TYPED_TEST(Attention, MatchesOracleAcrossHeadDims) {
   for (Layout layout : kLayouts)
-    for (index_t d : {1, 16, 64, 80, 128}) {
+    for (index_t d : {1, 7, 16, 17, 63, 64, 65, 80, 128, 129}) {
       Problem<TypeParam> p({2, 2, 2, 17, 65, d, d, layout});
       run_and_check(p, {});
     }

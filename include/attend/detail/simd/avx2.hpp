@@ -68,6 +68,35 @@ struct Vec {
     return _mm_cvtss_f32(_mm_max_ss(s, _mm_movehdup_ps(s)));
   }
 
+  // out[i * out_stride + c] = rows[c][d + i] for i, c < 8: an 8 x 8 block transposed in
+  // registers (two rounds of unpacks and shuffles within 128-bit halves, then a swap of
+  // halves), for packing keys into panels (flash-inl.hpp). 24 shuffles and 8 stores per 64
+  // floats, where moving each float alone took a store apiece.
+  static constexpr int transpose_size = 8;
+  static void transpose(const float* const* rows, std::int64_t d, float* out,
+                        std::int64_t out_stride) {
+    __m256 r[8], t[8];
+#pragma GCC unroll 8
+    for (int c = 0; c < 8; ++c) r[c] = _mm256_loadu_ps(rows[c] + d);
+#pragma GCC unroll 8
+    for (int c = 0; c < 8; c += 2) {
+      t[c] = _mm256_unpacklo_ps(r[c], r[c + 1]);      // rows c, c+1: dims 0 1 | 4 5
+      t[c + 1] = _mm256_unpackhi_ps(r[c], r[c + 1]);  // dims 2 3 | 6 7
+    }
+#pragma GCC unroll 8
+    for (int c = 0; c < 8; c += 4) {  // rows c..c+3 of dims i | i+4
+      r[c] = _mm256_shuffle_ps(t[c], t[c + 2], 0x44);
+      r[c + 1] = _mm256_shuffle_ps(t[c], t[c + 2], 0xEE);
+      r[c + 2] = _mm256_shuffle_ps(t[c + 1], t[c + 3], 0x44);
+      r[c + 3] = _mm256_shuffle_ps(t[c + 1], t[c + 3], 0xEE);
+    }
+#pragma GCC unroll 8
+    for (int i = 0; i < 4; ++i) {
+      _mm256_storeu_ps(out + i * out_stride, _mm256_permute2f128_ps(r[i], r[i + 4], 0x20));
+      _mm256_storeu_ps(out + (i + 4) * out_stride, _mm256_permute2f128_ps(r[i], r[i + 4], 0x31));
+    }
+  }
+
   // Lane j keeps its value where begin <= base + j < end, else becomes `fill`.
   static V keep_range(V v, int base, int begin, int end, float fill) {
     return _mm256_blendv_ps(_mm256_set1_ps(fill), v,

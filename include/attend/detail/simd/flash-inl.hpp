@@ -79,16 +79,29 @@ inline void prefetch_row(const GatheredRows& rows, index_t j) {
 constexpr index_t kPrefetchRows = 8;
 
 // Keys [0, n) of `k` (dk wide), packed into panels of kPanel keys: panel p holds key
-// p * kPanel + c at [p][d][c] for c < kPanel, zeros past n.
+// p * kPanel + c at [p][d][c] for c < kPanel, zeros past n. Blocks of transpose_size keys
+// by as many dimensions are transposed in registers (Vec::transpose): moving one float at
+// a time, a store each, packing took 4% of P1's time at AVX-512.
 template <class Rows>
 inline void pack_keys(const Rows& k, index_t n, index_t dk, float* out) {
+  constexpr int T = Vec::transpose_size;
+  static_assert(kPanel % T == 0, "a panel holds whole blocks of keys");
   for (index_t j0 = 0; j0 < n; j0 += kPanel, out += dk * kPanel) {
     const index_t m = std::min<index_t>(kPanel, n - j0);
-    for (index_t c = 0; c < m; ++c) {
+    index_t c = 0;
+    for (; c + T <= m; c += T) {
+      const float* rows[T];
+      for (int t = 0; t < T; ++t) rows[t] = k.row(j0 + c + t);
+      index_t d = 0;
+      for (; d + T <= dk; d += T) Vec::transpose(rows, d, out + d * kPanel + c, kPanel);
+      for (; d < dk; ++d)
+        for (int t = 0; t < T; ++t) out[d * kPanel + c + t] = rows[t][d];
+    }
+    for (; c < m; ++c) {
       const float* row = k.row(j0 + c);
       for (index_t d = 0; d < dk; ++d) out[d * kPanel + c] = row[d];
     }
-    for (index_t c = m; c < kPanel; ++c)
+    for (c = m; c < kPanel; ++c)
       for (index_t d = 0; d < dk; ++d) out[d * kPanel + c] = 0.0f;
   }
 }

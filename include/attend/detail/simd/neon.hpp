@@ -89,6 +89,24 @@ struct Vec {
   // loses depending on where it sits; the kernels accept either (see online_softmax_row).
   static float reduce_max(V v) { return vmaxnmvq_f32(v); }
 
+  // out[i * out_stride + c] = rows[c][d + i] for i, c < 4: a 4 x 4 block transposed with
+  // two rounds of trn1/trn2 (on pairs of floats, then on pairs of pairs), for packing keys
+  // into panels (flash-inl.hpp).
+  static constexpr int transpose_size = 4;
+  static void transpose(const float* const* rows, std::int64_t d, float* out,
+                        std::int64_t out_stride) {
+    const V r0 = vld1q_f32(rows[0] + d), r1 = vld1q_f32(rows[1] + d);
+    const V r2 = vld1q_f32(rows[2] + d), r3 = vld1q_f32(rows[3] + d);
+    const float64x2_t t0 = vreinterpretq_f64_f32(vtrn1q_f32(r0, r1));  // dims 0, 2 of rows 0-1
+    const float64x2_t t1 = vreinterpretq_f64_f32(vtrn2q_f32(r0, r1));  // dims 1, 3
+    const float64x2_t t2 = vreinterpretq_f64_f32(vtrn1q_f32(r2, r3));
+    const float64x2_t t3 = vreinterpretq_f64_f32(vtrn2q_f32(r2, r3));
+    vst1q_f32(out, vreinterpretq_f32_f64(vtrn1q_f64(t0, t2)));
+    vst1q_f32(out + out_stride, vreinterpretq_f32_f64(vtrn1q_f64(t1, t3)));
+    vst1q_f32(out + 2 * out_stride, vreinterpretq_f32_f64(vtrn2q_f64(t0, t2)));
+    vst1q_f32(out + 3 * out_stride, vreinterpretq_f32_f64(vtrn2q_f64(t1, t3)));
+  }
+
   // Lane j keeps its value where begin <= base + j < end, else becomes `fill`.
   static V keep_range(V v, int base, int begin, int end, float fill) {
     static constexpr std::int32_t iota[lanes] = {0, 1, 2, 3};
