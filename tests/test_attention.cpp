@@ -751,6 +751,27 @@ TYPED_TEST(Attention, FullyMaskedRowIgnoresWhatTheUnseenValuesHold) {
   }
 }
 
+// Under a causal mask a row never sees a value row past its diagonal, whatever it holds:
+// with Sq = Sk = 161 the non-finite rows (NaN at key 40 of kv head 0, +inf at key 150 of kv
+// head 1) lie in a tile, panel and micro-tile after the first, and rows on both sides of
+// them share diagonal micro-tiles, where the fused kernels multiply hidden keys' values by
+// zero probabilities only if those values are finite.
+TYPED_TEST(Attention, CausalRowsIgnoreNonFiniteValuesPastTheirDiagonal) {
+  using T = TypeParam;
+  AttentionOptions opts;
+  opts.causal = true;
+  Problem<T> p({1, 2, 2, 161, 161, 16, 16, Layout::bhsd});
+  fill_row(p.v, 0, 0, 40, std::numeric_limits<T>::quiet_NaN());
+  fill_row(p.v, 0, 1, 150, std::numeric_limits<T>::infinity());
+  run_and_check(p, opts);
+  for (index_t i = 0; i < 161; ++i) {
+    EXPECT_EQ(nan_row(p, 0, 0, i), i >= 40) << "row " << i;
+    bool finite = true;
+    for (index_t d = 0; d < 16; ++d) finite = finite && std::isfinite(p.out(0, 1, i, d));
+    EXPECT_EQ(finite, i < 150) << "row " << i;
+  }
+}
+
 // No keys at all (Sk = 0), or a key length of 0: every row is fully masked.
 TYPED_TEST(Attention, NoKeysMasksEveryRow) {
   using T = TypeParam;

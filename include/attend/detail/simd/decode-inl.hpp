@@ -121,7 +121,7 @@ struct DecodeTasks {
         if (!sees) continue;
         flash_micro_tile(GroupRows{rules.data(), sq, mi, plain, ranges_only}, mr,
                          qg.data() + mi * dk, dk, dk, pack ? panels.data() : nullptr, krows, j0, j1,
-                         vrows, dv, scale, blk, mi);
+                         vrows, dv, nullptr, scale, blk, mi);
       }
     }
 
@@ -219,7 +219,7 @@ inline void attention(TensorView<const float> q, TensorView<const float> k,
   std::vector<PackedKeys> packed(static_cast<std::size_t>(wave));
   for (index_t first = 0; first < pairs; first += wave) {
     const index_t n = std::min(wave, pairs - first);
-    executor.parallel_for(n, PackTasks{k, &opts, packed.data(), first});
+    executor.parallel_for(n, PackTasks{k, v, &opts, packed.data(), first});
     executor.parallel_for(n * chunks,
                           FlashTasks{q, k, v, o, &opts, lse, packed.data(), first, chunks});
   }
