@@ -10,6 +10,7 @@
 #include <cstdint>
 #include <limits>
 
+#include "attend/detail/simd/avx2.hpp"
 #include "attend/detail/simd/target.hpp"
 
 ATTEND_BEGIN_TARGET_AVX512
@@ -62,32 +63,13 @@ struct Vec {
   }
   static float reduce_max(V v) { return _mm512_reduce_max_ps(v); }
 
-  // out[i * out_stride + c] = rows[c][d + i] for i, c < 8, as avx2.hpp's (8 x 8 blocks in
-  // ymm registers: a panel is 32 keys wide, and 16 x 16 blocks would take as many shuffles
-  // per float).
-  static constexpr int transpose_size = 8;
+  // out[i * out_stride + c] = rows[c][d + i] for i, c < 8: avx2.hpp's 8 x 8 transpose in
+  // ymm registers (a subset of this target, so GCC inlines it). A panel is 32 keys wide,
+  // and 16 x 16 blocks would take as many shuffles per float.
+  static constexpr int transpose_size = avx2::Vec::transpose_size;
   static void transpose(const float* const* rows, std::int64_t d, float* out,
                         std::int64_t out_stride) {
-    __m256 r[8], t[8];
-#pragma GCC unroll 8
-    for (int c = 0; c < 8; ++c) r[c] = _mm256_loadu_ps(rows[c] + d);
-#pragma GCC unroll 8
-    for (int c = 0; c < 8; c += 2) {
-      t[c] = _mm256_unpacklo_ps(r[c], r[c + 1]);      // rows c, c+1: dims 0 1 | 4 5
-      t[c + 1] = _mm256_unpackhi_ps(r[c], r[c + 1]);  // dims 2 3 | 6 7
-    }
-#pragma GCC unroll 8
-    for (int c = 0; c < 8; c += 4) {  // rows c..c+3 of dims i | i+4
-      r[c] = _mm256_shuffle_ps(t[c], t[c + 2], 0x44);
-      r[c + 1] = _mm256_shuffle_ps(t[c], t[c + 2], 0xEE);
-      r[c + 2] = _mm256_shuffle_ps(t[c + 1], t[c + 3], 0x44);
-      r[c + 3] = _mm256_shuffle_ps(t[c + 1], t[c + 3], 0xEE);
-    }
-#pragma GCC unroll 8
-    for (int i = 0; i < 4; ++i) {
-      _mm256_storeu_ps(out + i * out_stride, _mm256_permute2f128_ps(r[i], r[i + 4], 0x20));
-      _mm256_storeu_ps(out + (i + 4) * out_stride, _mm256_permute2f128_ps(r[i], r[i + 4], 0x31));
-    }
+    avx2::Vec::transpose(rows, d, out, out_stride);
   }
 
   // Lane j holds `base + j` where begin <= base + j < end keeps its value, else `fill`.

@@ -93,7 +93,7 @@ inline void pack_keys(const Rows& k, index_t n, index_t dk, float* out) {
       const float* rows[T];
       for (int t = 0; t < T; ++t) rows[t] = k.row(j0 + c + t);
       index_t d = 0;
-      for (; d + T <= dk; d += T) Vec::transpose(rows, d, out + d * kPanel + c, kPanel);
+      for (; d + T <= dk; d += T) Vec::transpose(&rows[0], d, out + d * kPanel + c, kPanel);
       for (; d < dk; ++d)
         for (int t = 0; t < T; ++t) out[d * kPanel + c + t] = rows[t][d];
     }
