@@ -121,12 +121,13 @@ struct Vec {
     return vreinterpretq_f32_s32(vshlq_n_s32(vaddq_s32(e, vdupq_n_s32(127)), 23));
   }
 
-  // 2^x, as avx2.hpp's and with the same results: x = n + f with n an integer and |f| <=
-  // 1/2, 2^f from the same degree-6 polynomial (Cephes' exp2f coefficients), times 2^n
-  // built in the exponent bits in two halves (2^(n/2) and 2^(n - n/2), each a normal float
-  // for |n| <= 128, so both products are exact). Below 2^-126 flushes to 0 (so -inf gives
-  // exactly 0), x >= 128 gives +inf, a NaN stays NaN (max/min pass it through, and every
-  // step after keeps it). Max error 1 ulp on [-126, 0], measured by tests/test_simd_math.cpp.
+  // 2^x, with avx2.hpp's results below 127.5: x = n + f with n an integer and |f| <= 1/2,
+  // 2^f from the same degree-6 polynomial (Cephes' exp2f coefficients), times 2^n built in
+  // the exponent bits in two halves (2^(n/2) and 2^(n - n/2), each a normal float for
+  // |n| <= 128, so both products are exact, and results up to 128 stay finite). Below 2^-126
+  // flushes to 0 (so -inf gives exactly 0), x >= 128 gives +inf, a NaN stays NaN (max/min pass it
+  // through, and every step after keeps it). Max error 1 ulp on [-126, 0], measured by
+  // tests/test_simd_math.cpp.
   static V exp2(V x) {
     const V clamped = min(set1(128.0f), max(set1(-126.0f), x));
     const V n = vrndnq_f32(clamped);  // to nearest, ties to even, as x86's round
