@@ -108,7 +108,7 @@ struct DecodeTasks {
     for (index_t j0 = first; j0 < last; j0 += kTileKeys) {
       const index_t j1 = std::min(j0 + kTileKeys, last), known = std::min(j1 + kPrefetchRows, last);
       kv.gather(s, g, j0, known - j0, kp.data(), vp.data());
-      const GatheredRows krows{kp.data(), known - j0, lines_k},
+      const GatheredRows krows{kp.data(), known - j0, lines_k, vp.data(), lines_v},
           vrows{vp.data(), known - j0, lines_v};
       if (pack) pack_keys(krows, j1 - j0, dk, panels.data());
       for (index_t mi = 0; mi < R; mi += kRows) {
