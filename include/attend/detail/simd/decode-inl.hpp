@@ -104,12 +104,12 @@ struct DecodeTasks {
     // Row pointers of a tile and of the kPrefetchRows keys after it.
     std::vector<const float*> kp(static_cast<std::size_t>(kTileKeys + kPrefetchRows)),
         vp(kp.size());
-    const int lines_k = int((dk * 4 + 63) / 64), lines_v = int((dv * 4 + 63) / 64);
+    const index_t bytes_k = dk * index_t(sizeof(float)), bytes_v = dv * index_t(sizeof(float));
     for (index_t j0 = first; j0 < last; j0 += kTileKeys) {
       const index_t j1 = std::min(j0 + kTileKeys, last), known = std::min(j1 + kPrefetchRows, last);
       kv.gather(s, g, j0, known - j0, kp.data(), vp.data());
-      const GatheredRows krows{kp.data(), known - j0, lines_k, vp.data(), lines_v},
-          vrows{vp.data(), known - j0, lines_v};
+      const GatheredRows krows{kp.data(), known - j0, bytes_k, vp.data(), bytes_v},
+          vrows{vp.data(), known - j0, bytes_v};
       if (pack) pack_keys(krows, j1 - j0, dk, panels.data());
       for (index_t mi = 0; mi < R; mi += kRows) {
         const int mr = int(std::min<index_t>(kRows, R - mi));

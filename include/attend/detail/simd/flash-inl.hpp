@@ -57,30 +57,33 @@ constexpr float kLn2 = 0.6931471805599453f;
 struct GatheredRows {
   const float* const* rows;
   index_t known;
-  int lines;                             // cache lines per row
+  index_t bytes;                         // bytes per row
   const float* const* values = nullptr;  // [known], or null
-  int value_lines = 0;
+  index_t value_bytes = 0;
   const float* row(index_t j) const { return rows[j]; }
   void prefetch(index_t j) const {
     if (j >= known) return;
-    prefetch_lines(rows[j], lines);
-    if (values) prefetch_lines(values[j], value_lines);
+    prefetch_lines(rows[j], bytes);
+    if (values) prefetch_lines(values[j], value_bytes);
   }
-  // Into L2 (prefetcht1), not L1: see kPrefetchRows.
-  // The empty volatile asm keeps the loop: GCC deletes a loop whose body only prefetches
-  // (a prefetch is no side effect, and C++ loops may be assumed to end), which silently
-  // removed every decode prefetch until this was measured.
-  static void prefetch_lines(const float* row, int n) {
-    const char* p = reinterpret_cast<const char*>(row);
-    for (int l = 0; l < n; ++l) {
-      __builtin_prefetch(p + 64 * l, 0, 2);
+  // Asks for every line of the row, into L2 (prefetcht1; not L1: see kPrefetchRows). A row
+  // that does not start on a line boundary (a cache in a plain std::vector starts 16 bytes
+  // past one) spans one line more than its size. The empty volatile asm keeps the loop:
+  // GCC deletes a loop whose body only prefetches (a prefetch is no side effect, and C++
+  // loops may be assumed to end), which silently removed every decode prefetch until this
+  // was measured.
+  static void prefetch_lines(const float* row, index_t n) {
+    const auto begin = reinterpret_cast<std::uintptr_t>(row);
+    for (std::uintptr_t line = begin & ~std::uintptr_t(63); line < begin + std::uintptr_t(n);
+         line += 64) {
+      __builtin_prefetch(reinterpret_cast<const void*>(line), 0, 2);
       asm volatile("");
     }
   }
 };
 // Rows [j, n) of a row set, as rows [0, n - j).
 inline GatheredRows drop_rows(const GatheredRows& r, index_t j) {
-  return {r.rows + j, r.known - j, r.lines, r.values ? r.values + j : nullptr, r.value_lines};
+  return {r.rows + j, r.known - j, r.bytes, r.values ? r.values + j : nullptr, r.value_bytes};
 }
 inline MatrixView<const float> drop_rows(const MatrixView<const float>& m, index_t j) {
   return m.block(j, m.rows - j, 0, m.cols);
