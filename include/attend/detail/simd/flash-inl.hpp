@@ -76,6 +76,9 @@ struct GatheredRows {
     const auto begin = reinterpret_cast<std::uintptr_t>(row);
     for (std::uintptr_t line = begin & ~std::uintptr_t(63); line < begin + std::uintptr_t(n);
          line += 64) {
+      // An address only to prefetch, never dereferenced; an integer because the line may
+      // start before the row's allocation.
+      // NOLINTNEXTLINE(performance-no-int-to-ptr)
       __builtin_prefetch(reinterpret_cast<const void*>(line), 0, 2);
       asm volatile("");
     }
