@@ -85,8 +85,9 @@ constexpr index_t kInPlaceBytes = index_t(1) << 20;
 // prefetchers alone do not reach (with M = 1 to 16, where reading b is all the time,
 // pre-packed weights ran 15% slower than packing on the fly without it, 15% faster with).
 // The lines go to L2 (prefetcht1), as decode's rows do (flash-inl.hpp, kPrefetchRows): on
-// Zen 4, 8 x 4096 x 4096 pre-packed streamed 13.4 GB/s of W that way against 12.0 into L1,
-// and one row the same 21 GB/s either way.
+// Zen 4, in a scratch driver (attend_bench has no small-M shape), 8 x 4096 x 4096
+// pre-packed streamed 13.4 GB/s of W that way against 12.0 into L1, and one row the same
+// 21 GB/s either way.
 constexpr index_t kStreamSteps = 32;
 
 // ---- Micro-kernel -----------------------------------------------------------------------
