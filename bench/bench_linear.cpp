@@ -1,10 +1,15 @@
 // attend::linear, y [M, N] = x [M, K] . W^T with W [N, K] in nn.Linear layout, against one
 // Eigen GEMM on the same row-major data. PR1 is the fused QKV projection of a 32-head,
-// D = 128 model over 512 tokens: x [512, 2048], W [6144, 2048]. FLOPS 2 M N K.
+// D = 128 model over 512 tokens: x [512, 2048], W [6144, 2048]. PD1 and PD16 are that
+// projection in a decode step (M = 1 and 16 rows), which streams W from memory. FLOPS
+// 2 M N K; the decode-step shapes also count bytes (W, x and y, once each) as GB/s, to set
+// against the read probe (shared/peers `limits bw 0.05`) at W's 50 MB.
 //
 // Two attend variants: Attend passes W as it is (linear() packs it on every call), Packed
 // passes an attend::PackedWeight made once per path before timing, as an engine holding
-// its weights would (the peers' "oneDNN pre-packed" figure).
+// its weights would (the peers' "oneDNN pre-packed" figure). On the decode-step shapes a
+// third, InOut, passes the same weight stored transposed, W^T [K, N] (WeightLayout::in_out,
+// as GPT-2's Conv1D keeps it): the same product, checked against the same Eigen output.
 
 #include <attend/linear.hpp>
 #include <attend/packed.hpp>
@@ -32,6 +37,26 @@ const LinearData& linear_data(const GemmShape& g) {
     data.reset(new LinearData{uniform(std::size_t(g.m * g.k), 2468),
                               uniform(std::size_t(g.n * g.k), 1357)});
   return *data;
+}
+
+// The shape's W stored transposed, W^T [K, N], made once and kept for the run.
+const std::vector<float>& in_out_weight(const GemmShape& g) {
+  static std::map<std::string, std::vector<float>> cache;
+  std::vector<float>& w_t = cache[g.name];
+  if (w_t.empty()) {
+    const std::vector<float>& w = linear_data(g).w;
+    w_t.resize(w.size());
+    for (index_t n = 0; n < g.n; ++n)
+      for (index_t k = 0; k < g.k; ++k) w_t[std::size_t(k * g.n + n)] = w[std::size_t(n * g.k + k)];
+  }
+  return w_t;
+}
+
+void attend_linear_in_out(const GemmShape& g, const LinearData& in, float* y,
+                          const attend::Context& ctx) {
+  attend::linear<float>(attend::MatrixView<const float>(in.x.data(), g.m, g.k),
+                        attend::MatrixView<const float>(in_out_weight(g).data(), g.k, g.n), {},
+                        attend::MatrixView<float>(y, g.m, g.n), attend::WeightLayout::in_out, ctx);
 }
 
 void attend_linear(const GemmShape& g, const LinearData& in, float* y, const attend::Context& ctx) {
@@ -76,7 +101,7 @@ void linear_attend(benchmark::State& state, const GemmShape& g, const Target& t)
   if (!validated(state, "Linear/" + g.name, t, [&] { return check_linear(g, t); })) return;
   const LinearData& in = linear_data(g);
   time_kernel(state, std::size_t(g.m * g.n), [&](float* y) { attend_linear(g, in, y, t.context); });
-  report(state, t, g.flops(), 0);
+  report(state, t, g.flops(), g.decode ? g.bytes() : 0);
 }
 
 void linear_packed(benchmark::State& state, const GemmShape& g, const Target& t) {
@@ -86,7 +111,17 @@ void linear_packed(benchmark::State& state, const GemmShape& g, const Target& t)
   packed_weight(g, t.context);  // packed before timing
   time_kernel(state, std::size_t(g.m * g.n),
               [&](float* y) { attend_linear_packed(g, in, y, t.context); });
-  report(state, t, g.flops(), 0);
+  report(state, t, g.flops(), g.decode ? g.bytes() : 0);
+}
+
+void linear_in_out(benchmark::State& state, const GemmShape& g, const Target& t) {
+  const auto check = [&] { return check_linear(g, t, attend_linear_in_out); };
+  if (!validated(state, "LinearInOut/" + g.name, t, check)) return;
+  const LinearData& in = linear_data(g);
+  in_out_weight(g);  // transposed before timing
+  time_kernel(state, std::size_t(g.m * g.n),
+              [&](float* y) { attend_linear_in_out(g, in, y, t.context); });
+  report(state, t, g.flops(), g.decode ? g.bytes() : 0);
 }
 
 void linear_eigen(benchmark::State& state, const GemmShape& g, const Target& t) {
@@ -95,7 +130,7 @@ void linear_eigen(benchmark::State& state, const GemmShape& g, const Target& t) 
   const LinearData& in = linear_data(g);
   time_kernel(state, std::size_t(g.m * g.n),
               [&](float* y) { eigen_baseline::linear(g, in.x.data(), in.w.data(), y); });
-  report(state, t, g.flops(), 0);
+  report(state, t, g.flops(), g.decode ? g.bytes() : 0);
 }
 
 }  // namespace
@@ -111,6 +146,10 @@ void register_linear_benchmarks() {
       register_benchmark("Linear_Packed", g.name, t,
                          [g, t](benchmark::State& st) { linear_packed(st, g, t); });
     }
+    if (g.decode)
+      for (const Target& t : attend_targets())
+        register_benchmark("Linear_InOut", g.name, t,
+                           [g, t](benchmark::State& st) { linear_in_out(st, g, t); });
     const Target e = eigen_target();
     register_benchmark("Linear_Eigen", g.name, e,
                        [g, e](benchmark::State& st) { linear_eigen(st, g, e); });

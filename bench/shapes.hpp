@@ -72,7 +72,10 @@ struct MhaShape {
 struct GemmShape {
   std::string name;
   index_t m, n, k;
+  bool decode = false;  // a decode step: few rows, bound by reading W from memory
   double flops() const { return 2.0 * m * n * k; }
+  // What a decode-step product must read and write at least: W, x and y once each.
+  double bytes() const { return double(n * k + m * k + m * n) * sizeof(float); }
 };
 
 // P1, P2: causal prefill (P2 with grouped-query attention); E1: encoder with key padding;
@@ -99,8 +102,12 @@ inline std::vector<MhaShape> mha_shapes() {
 }
 
 // PR1: the fused QKV projection of a 32-head, D = 128 model over 512 tokens.
+// PD1, PD16: the same projection in one decode step, for one sequence and for D2's batch
+// of 16. W (50 MB) outgrows the caches, so each call streams it from DRAM: at M = 1 and
+// 2 FLOP per 4-byte weight the product is bound by bandwidth; M = 16 does 8 FLOP per
+// byte, near one core's balance (Zen 4: 116 GFLOP/s against ~17 GB/s).
 inline std::vector<GemmShape> gemm_shapes() {
-  return {{"PR1", 512, 6144, 2048}};
+  return {{"PR1", 512, 6144, 2048}, {"PD1", 1, 6144, 2048, true}, {"PD16", 16, 6144, 2048, true}};
 }
 
 }  // namespace attend_bench
