@@ -16,6 +16,7 @@
 #include <limits>
 #include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "support/buffers.hpp"
@@ -506,30 +507,41 @@ TEST(LinearPaths, EveryPathMatchesTheOracleAroundTheRegisterTiles) {
 
 TEST(LinearPaths, LargeAndDeepProductsMatchTheOracleOnEveryPath) {
   // Several tasks of columns; K deeper than one pass (two and three passes); in_out weights
-  // over 1 MiB per pass, packed for 13 rows of x and read in place by one tile of 5 rows.
-  expect_every_path_matches({{300, 257, 520}, {7, 33, 4100}, {13, 70, 8193}, {5, 300, 1000}}, 200);
+  // over 1 MiB per pass, packed for 13 rows of x and read in place by one tile of 5 rows;
+  // and by 3 and 2 rows, rows of W over 4 KiB, in passes of 8 (one task, then three).
+  expect_every_path_matches({{300, 257, 520},
+                             {7, 33, 4100},
+                             {13, 70, 8193},
+                             {5, 300, 1000},
+                             {2, 1100, 50},
+                             {3, 2100, 40}},
+                            200);
 }
 
 TEST(LinearPaths, ResultsDoNotDependOnTheThreadCount) {
-  // 1600 x 600: two blocks of rows by three of columns, and tails in both.
-  constexpr index_t M = 1600, N = 600, K = 40;
+  // 1600 x 600: two blocks of rows by three of columns, and tails in both. A decode step's
+  // few rows: 9 x 600 read an out_in W in place (on AVX-512), 3 x 2100 an in_out W in
+  // shallow passes, three tasks of columns.
+  constexpr index_t K = 40;
   const attend::ThreadPool one(1), two(2), three(3);
-  for (WeightLayout layout : {WeightLayout::out_in, WeightLayout::in_out}) {
-    const bool out_in = layout == WeightLayout::out_in;
-    MatrixBuffer<float> x(M, K), w(out_in ? N : K, out_in ? K : N);
-    x.fill_random(1);
-    w.fill_random(2);
-    const std::vector<float> bias = random_vector<float>(N, 3);
-    for (attend::Isa isa : attend::supported_isas()) {
-      SCOPED_TRACE(std::string(attend::name(isa)) + (out_in ? ", out_in" : ", in_out"));
-      const PathRun serial(isa, x.in(), w.in(), bias, layout, N);
-      for (const attend::ThreadPool* pool : {&one, &two, &three}) {
-        const PathRun threaded(isa, x.in(), w.in(), bias, layout, N, pool);
-        EXPECT_TRUE(testing_support::same_bits(serial.y.storage, threaded.y.storage))
-            << pool->concurrency() << " threads";
+  for (const auto& [M, N] : {std::pair<index_t, index_t>{1600, 600}, {9, 600}, {3, 2100}})
+    for (WeightLayout layout : {WeightLayout::out_in, WeightLayout::in_out}) {
+      const bool out_in = layout == WeightLayout::out_in;
+      MatrixBuffer<float> x(M, K), w(out_in ? N : K, out_in ? K : N);
+      x.fill_random(1);
+      w.fill_random(2);
+      const std::vector<float> bias = random_vector<float>(N, 3);
+      for (attend::Isa isa : attend::supported_isas()) {
+        SCOPED_TRACE(std::string(attend::name(isa)) + (out_in ? ", out_in" : ", in_out") + ", M " +
+                     std::to_string(M));
+        const PathRun serial(isa, x.in(), w.in(), bias, layout, N);
+        for (const attend::ThreadPool* pool : {&one, &two, &three}) {
+          const PathRun threaded(isa, x.in(), w.in(), bias, layout, N, pool);
+          EXPECT_TRUE(testing_support::same_bits(serial.y.storage, threaded.y.storage))
+              << pool->concurrency() << " threads";
+        }
       }
     }
-  }
 }
 
 TEST(LinearPaths, NanInOneRowOfXReachesOnlyThatRowOfY) {

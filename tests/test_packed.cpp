@@ -87,9 +87,10 @@ TEST(PackedWeight, GivesTheBitsOfTheUnpackedWeightOnEveryPath) {
     index_t m, n, k;
   };
   // Around the register tiles (6 rows by 64 or 16 columns), several tasks of columns, and
-  // K deeper than one pass over k (4096).
+  // K deeper than one pass over k (4096). Unpacked, up to 8 (AVX2) or 16 (AVX-512) rows
+  // read W [N, K] in place (gemm-inl.hpp, multiply_direct), more pack it.
   std::vector<Shape> shapes;
-  for (index_t m : {1, 7, 17, 65})
+  for (index_t m : {1, 7, 16, 17, 65})
     for (index_t n : {1, 15, 17, 64, 65, 129})
       for (index_t k : {1, 7, 33, 129}) shapes.push_back({m, n, k});
   shapes.push_back({300, 600, 70});

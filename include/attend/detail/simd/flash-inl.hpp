@@ -42,6 +42,24 @@ constexpr index_t kValueChunk = 32;
 constexpr float kLog2e = 1.4426950408889634f;
 constexpr float kLn2 = 0.6931471805599453f;
 
+// Asks for every line of `bytes` bytes from `row`, into L2 (prefetcht1; not L1: see
+// kPrefetchRows). A row that does not start on a line boundary (a cache in a plain
+// std::vector starts 16 bytes past one) spans one line more than its size. The empty
+// volatile asm keeps the loop: GCC deletes a loop whose body only prefetches (a prefetch is
+// no side effect, and C++ loops may be assumed to end), which silently removed every decode
+// prefetch until this was measured.
+inline void prefetch_lines(const float* row, index_t bytes) {
+  const auto begin = reinterpret_cast<std::uintptr_t>(row);
+  for (std::uintptr_t line = begin & ~std::uintptr_t(63); line < begin + std::uintptr_t(bytes);
+       line += 64) {
+    // An address only to prefetch, never dereferenced; an integer because the line may
+    // start before the row's allocation.
+    // NOLINTNEXTLINE(performance-no-int-to-ptr)
+    __builtin_prefetch(reinterpret_cast<const void*>(line), 0, 2);
+    asm volatile("");
+  }
+}
+
 // Rows [0, n) of a key or value matrix, wherever they live. A MatrixView has row(j); these
 // are rows gathered one pointer each, e.g. from the blocks of a paged KV cache, for decode,
 // which streams them once from memory: prefetch(j) asks for row j ahead of its use (rows
@@ -65,23 +83,6 @@ struct GatheredRows {
     if (j >= known) return;
     prefetch_lines(rows[j], bytes);
     if (values) prefetch_lines(values[j], value_bytes);
-  }
-  // Asks for every line of the row, into L2 (prefetcht1; not L1: see kPrefetchRows). A row
-  // that does not start on a line boundary (a cache in a plain std::vector starts 16 bytes
-  // past one) spans one line more than its size. The empty volatile asm keeps the loop:
-  // GCC deletes a loop whose body only prefetches (a prefetch is no side effect, and C++
-  // loops may be assumed to end), which silently removed every decode prefetch until this
-  // was measured.
-  static void prefetch_lines(const float* row, index_t n) {
-    const auto begin = reinterpret_cast<std::uintptr_t>(row);
-    for (std::uintptr_t line = begin & ~std::uintptr_t(63); line < begin + std::uintptr_t(n);
-         line += 64) {
-      // An address only to prefetch, never dereferenced; an integer because the line may
-      // start before the row's allocation.
-      // NOLINTNEXTLINE(performance-no-int-to-ptr)
-      __builtin_prefetch(reinterpret_cast<const void*>(line), 0, 2);
-      asm volatile("");
-    }
   }
 };
 // Rows [j, n) of a row set, as rows [0, n - j).

@@ -79,15 +79,32 @@ static_assert(kTaskCols % kNR == 0, "tasks start on panel boundaries");
 // once (16 x 6144 x 2048 ran 1.7 times faster packed).
 constexpr index_t kInPlaceRows = 4 * kMRows;
 constexpr index_t kInPlaceBytes = index_t(1) << 20;
+// Up to kStreamRows rows (a decode step's few) reading b [K, N] in place, with rows of
+// kStreamRowBytes or more, would go down a column strip of kNR floats through all of K, a
+// new page per row, and read each page again for the next strip. Instead their passes
+// are kStreamDepth rows deep and their tasks kStreamTaskCols wide: a pass reads 8 rows of
+// b side by side, 4 KiB of each, and the partial sums wait in c (exact, see the top).
+// Zen 4 (scratch driver), M x 6144 x 2048, GB/s of W, AVX-512: M = 1, one thread 9.5 ->
+// 15.4, two 18 -> 33; M = 4, 9.7 -> 13.5 and 17.6 -> 18.5; AVX2 M = 1 4.8 -> 16.2. 16
+// rows a pass ran 10-20% slower than 8, 32 no faster than before; 512-column tasks 11
+// GB/s, 2048 as fast as 1024 but too few to share. With 6 rows the sums' round trips
+// through c cost more than the pages (18.4 -> 14.2 at two threads). Shorter rows share
+// pages, and shallow passes over them traded one case for another (P V of a GQA group,
+// 4 x 128 x 2048-4096, attend_bench Merge: from DRAM +22% on AVX2, from L3 -22% on
+// AVX-512), so they keep one deep pass.
+constexpr index_t kStreamRows = 4;
+constexpr index_t kStreamRowBytes = 4096;
+constexpr index_t kStreamDepth = 8;
+constexpr index_t kStreamTaskCols = 1024;
+static_assert(kStreamTaskCols % kNR == 0, "tasks start on panel boundaries");
 // A panel that comes from memory (pre-packed, or b read in place) rather than from the
 // packing just done is first read by the first tile of rows, which asks for the panel's
 // row kStreamSteps steps ahead at every step: a few KiB in flight, which the hardware
 // prefetchers alone do not reach (with M = 1 to 16, where reading b is all the time,
 // pre-packed weights ran 15% slower than packing on the fly without it, 15% faster with).
 // The lines go to L2 (prefetcht1), as decode's rows do (flash-inl.hpp, kPrefetchRows): on
-// Zen 4, in a scratch driver (attend_bench has no small-M shape), 8 x 4096 x 4096
-// pre-packed streamed 13.4 GB/s of W that way against 12.0 into L1, and one row the same
-// 21 GB/s either way.
+// Zen 4, in a scratch driver, 8 x 4096 x 4096 pre-packed streamed 13.4 GB/s of W that way
+// against 12.0 into L1, and one row the same 21 GB/s either way.
 constexpr index_t kStreamSteps = 32;
 
 // ---- Micro-kernel -----------------------------------------------------------------------
@@ -318,11 +335,134 @@ struct Problem {
   Epilogue epilogue;
   MatrixView<float> c;  // [M, N]
   index_t depth;        // of one pass over k (see pass_depth)
+
+  // b [K, N] read in place in shallow passes (see kStreamRows), which hold partial sums in
+  // c and so cannot accumulate into it.
+  bool streams_b_rows() const {
+    return !prepacked && !b_transposed && c.rows <= kStreamRows && !epilogue.accumulate &&
+           b.stride * index_t(sizeof(float)) >= kStreamRowBytes;
+  }
 };
+
+// ---- A few rows against b stored [N, K] ------------------------------------------------
+//
+// A decode step's projections multiply a few rows (M = the batch) by a weight in nn.Linear
+// layout, b [N, K], which they read once from memory and use for only 2 M FLOPs per float:
+// reading b is all the time. Packed into panels (above), b would cross the caches twice,
+// kNR rows of it (64 on AVX-512) read side by side, and the tiles would run kMR rows of
+// FMAs for the M real ones. Instead each block of 2 vectors' worth of rows of b (the
+// columns of two vectors of c) is transposed kDirectSteps steps at a time into a buffer
+// that stays in L1 and multiplied at once, by exactly the rows of c there are, whose sums
+// stay in registers over all of K: the same FMA chain per element as the tiles, so the same
+// bits.
+//
+// kDirectRows rows of c share one pass over b's block (their sums, two vectors each, fit
+// the registers); up to kDirectMaxRows take this path, a second group reading the block
+// from L2 again. Measured on Zen 4 (scratch driver), one thread, W [6144, 2048] (50 MB,
+// from DRAM), GB/s of W, packed on the fly -> here: AVX-512 M = 1 3.5 -> 17, M = 8 4.2 ->
+// 11.7, M = 16 3.8 -> 6.1, M = 32 2.9 -> 3.1; AVX2 M = 1 6.6 -> 16, M = 4 8.5 -> 14.7, M =
+// 8 6.9 -> 7.7, but M = 12 7.0 -> 5.3: past two groups, a panel packed once serves enough
+// tiles. Each row of b is asked for kDirectAhead floats ahead (1 KiB; 128 to 256 measured
+// best, 512 and more up to 25% slower); chunks of 16 steps ran 35% slower than 32, 64 no
+// faster.
+constexpr int kDirectRows = Vec::registers == 32 ? 8 : 4;
+constexpr index_t kDirectMaxRows = index_t(2) * kDirectRows;
+constexpr index_t kDirectSteps = 32;
+constexpr index_t kDirectAhead = 256;
+static_assert(kTaskCols % (2 * Vec::lanes) == 0, "tasks hold whole blocks of two vectors");
+
+// panel[p * W + r] = rows[r][k0 + p] for p < steps, r < W, asking for the rows' first
+// `cols` kDirectAhead floats ahead.
+template <int W>
+void transpose_chunk(const float* const* rows, index_t cols, index_t k, index_t k0, float* panel) {
+  constexpr int T = Vec::transpose_size;
+  const index_t steps = std::min(kDirectSteps, k - k0), whole = steps / T * T;
+  const index_t ahead = k0 + kDirectAhead;
+  if (kDirectAhead > 0 && ahead < k)
+    for (index_t r = 0; r < cols; ++r)
+      prefetch_lines(rows[r] + ahead, std::min(kDirectSteps, k - ahead) * index_t(sizeof(float)));
+  for (int r0 = 0; r0 < W; r0 += T)
+    for (index_t d = 0; d < whole; d += T) Vec::transpose(rows + r0, k0 + d, panel + d * W + r0, W);
+  for (index_t p = whole; p < steps; ++p)
+    for (int r = 0; r < W; ++r) panel[p * W + r] = rows[r][k0 + p];
+}
+
+// c rows [i, i + MR) x columns [j, j + NV * lanes) (fewer at the end of c). NV = 2 vectors
+// give one row two chains of FMAs, which one row's latency-bound chain needs. Two chunk
+// buffers: a chunk is transposed one chunk ahead of its FMAs, so that they do not load a
+// vector right after its halves were stored (AVX-512's transposes store ymm halves of each
+// zmm row: a load spanning two recent stores waits for both to reach L1).
+template <int MR, int NV>
+void multiply_direct(const Problem& pr, index_t i, index_t j) {
+  using V = typename Vec::V;
+  constexpr int L = Vec::lanes, W = NV * L;
+  const index_t k = pr.a.cols, cols = std::min<index_t>(W, pr.c.cols - j);
+  // Rows past the end of b repeat its last: their columns of c are never stored.
+  const float* rows[W];
+  for (index_t r = 0; r < W; ++r) rows[r] = pr.b.row(j + std::min(r, cols - 1));
+  alignas(64) float panels[2][kDirectSteps * W];
+  V acc[MR][NV];
+#pragma GCC unroll 8
+  for (int m = 0; m < MR; ++m)
+#pragma GCC unroll 2
+    for (int v = 0; v < NV; ++v) acc[m][v] = Vec::zero();
+  transpose_chunk<W>(&rows[0], cols, k, 0, &panels[0][0]);
+  for (index_t k0 = 0, n = 0; k0 < k; k0 += kDirectSteps, n ^= 1) {
+    if (k0 + kDirectSteps < k)
+      transpose_chunk<W>(&rows[0], cols, k, k0 + kDirectSteps, &panels[n ^ 1][0]);
+    const float* panel = &panels[n][0];
+    const float* a = pr.a.row(i) + k0;
+    const index_t steps = std::min(kDirectSteps, k - k0);
+    for (index_t p = 0; p < steps; ++p) {
+      V bv[NV];
+#pragma GCC unroll 2
+      for (int v = 0; v < NV; ++v) bv[v] = Vec::load(panel + p * W + v * L);
+#pragma GCC unroll 8
+      for (int m = 0; m < MR; ++m) {
+        const V am = Vec::set1(a[m * pr.a.stride + p]);
+#pragma GCC unroll 2
+        for (int v = 0; v < NV; ++v) acc[m][v] = Vec::fmadd(am, bv[v], acc[m][v]);
+      }
+    }
+  }
+  const Epilogue& e = pr.epilogue;
+  const V alpha = Vec::set1(e.alpha);
+#pragma GCC unroll 8
+  for (int m = 0; m < MR; ++m)
+#pragma GCC unroll 2
+    for (int v = 0; v < NV; ++v) {  // the tiles' epilogue: alpha * sum, + bias, + c
+      const int n = int(std::min<index_t>(L, cols - v * L));
+      if (n <= 0) break;
+      float* cm = pr.c.row(i + m) + j + v * L;
+      V x = Vec::mul(alpha, acc[m][v]);
+      if (e.bias) x = Vec::add(x, Vec::load(e.bias + j + v * L, n));
+      if (e.accumulate) x = Vec::add(x, Vec::load(cm, n));
+      Vec::store(cm, x, n);
+    }
+}
+
+// multiply_direct for mr rows, 1 <= mr <= kDirectRows, and nv (1 or 2) vectors of columns.
+template <int MR = kDirectRows>
+void run_direct(int mr, int nv, const Problem& pr, index_t i, index_t j) {
+  if constexpr (MR > 1)
+    if (mr < MR) return run_direct<MR - 1>(mr, nv, pr, i, j);
+  if (nv == 2)
+    multiply_direct<MR, 2>(pr, i, j);
+  else
+    multiply_direct<MR, 1>(pr, i, j);
+}
 
 // One task: c [i0, i1) x [j0, j1), j0 a multiple of kNR.
 inline void run_task(const Problem& pr, index_t i0, index_t i1, index_t j0, index_t j1) {
   const index_t k = pr.a.cols, n = pr.c.cols, rows = i1 - i0;
+  if (!pr.prepacked && pr.b_transposed && pr.c.rows <= kDirectMaxRows && k > 0) {
+    for (index_t j = j0; j < j1; j += 2 * Vec::lanes) {
+      const int nv = j1 - j > Vec::lanes ? 2 : 1;
+      for (index_t i = i0; i < i1; i += kDirectRows)
+        run_direct(int(std::min<index_t>(kDirectRows, i1 - i)), nv, pr, i, j);
+    }
+    return;
+  }
   const index_t full_rows = rows / kMRows * kMRows;
   const bool in_place_b =
       !pr.prepacked && !pr.b_transposed &&
@@ -381,23 +521,23 @@ inline void run_task(const Problem& pr, index_t i0, index_t i1, index_t j0, inde
   }
 }
 
-// c cut into tasks of kTaskRows x kTaskCols.
+// c cut into tasks of kTaskRows x kTaskCols (kStreamTaskCols when streaming b's rows).
 class Tasks {
  public:
   explicit Tasks(const Problem& pr)
       : pr_(pr),
         row_blocks_((pr.c.rows + kTaskRows - 1) / kTaskRows),
-        col_blocks_((pr.c.cols + kTaskCols - 1) / kTaskCols) {}
+        cols_(pr.streams_b_rows() ? kStreamTaskCols : kTaskCols),
+        col_blocks_((pr.c.cols + cols_ - 1) / cols_) {}
   index_t count() const { return row_blocks_ * col_blocks_; }
   void operator()(index_t task) const {
-    const index_t i0 = task / col_blocks_ * kTaskRows, j0 = task % col_blocks_ * kTaskCols;
-    run_task(pr_, i0, std::min(i0 + kTaskRows, pr_.c.rows), j0,
-             std::min(j0 + kTaskCols, pr_.c.cols));
+    const index_t i0 = task / col_blocks_ * kTaskRows, j0 = task % col_blocks_ * cols_;
+    run_task(pr_, i0, std::min(i0 + kTaskRows, pr_.c.rows), j0, std::min(j0 + cols_, pr_.c.cols));
   }
 
  private:
   Problem pr_;
-  index_t row_blocks_, col_blocks_;
+  index_t row_blocks_, cols_, col_blocks_;  // cols_: columns per task
 };
 
 inline void run(const Problem& pr, const Executor& executor) {
@@ -430,6 +570,7 @@ inline void gemm(MatrixView<const float> a, MatrixView<const float> b, bool b_tr
   pr.a = a, pr.b = b, pr.b_transposed = b_transposed;
   pr.epilogue = {alpha, bias, accumulate};
   pr.c = c, pr.depth = mm::pass_depth(a.cols, accumulate);
+  if (pr.streams_b_rows()) pr.depth = std::min(pr.depth, mm::kStreamDepth);
   mm::run(pr, executor);
 }
 
