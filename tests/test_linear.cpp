@@ -437,7 +437,9 @@ TYPED_TEST(Linear, ProjectionsRefuseEveryInvalidArgumentWithoutWriting) {
 // ---- Every instruction-set path, forced through the Context --------------------------------
 //
 // The SIMD paths cut a product into register tiles (6 rows by 64 or 16 columns), tasks
-// (1536 rows by 256 columns) and passes over k (at most 4096 deep): see
+// (1536 rows by 256 columns) and passes over k (at most 4096 deep); a few rows (up to 16
+// on AVX-512, 8 on AVX2) read an out_in W directly, 8 rows at a time, and up to 4 rows read
+// an in_out W with rows of 4 KiB or more in passes of 8, tasks of 1024 columns: see
 // detail/simd/gemm-inl.hpp. These tests force each path this CPU runs and aim at those
 // boundaries. Every SIMD path computes each element as the same chain of fused
 // multiply-adds in the order of k, so the SIMD paths must also agree bit for bit.
@@ -508,7 +510,7 @@ TEST(LinearPaths, EveryPathMatchesTheOracleAroundTheRegisterTiles) {
 TEST(LinearPaths, LargeAndDeepProductsMatchTheOracleOnEveryPath) {
   // Several tasks of columns; K deeper than one pass (two and three passes); in_out weights
   // over 1 MiB per pass, packed for 13 rows of x and read in place by one tile of 5 rows;
-  // and by 3 and 2 rows, rows of W over 4 KiB, in passes of 8 (one task, then three).
+  // and by 2 and 3 rows, rows of W over 4 KiB, in passes of 8 (two tasks, then three).
   expect_every_path_matches({{300, 257, 520},
                              {7, 33, 4100},
                              {13, 70, 8193},
