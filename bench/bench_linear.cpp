@@ -1,7 +1,7 @@
 // attend::linear, y [M, N] = x [M, K] . W^T with W [N, K] in nn.Linear layout, against one
 // Eigen GEMM on the same row-major data. PR1 is the fused QKV projection of a 32-head,
-// D = 128 model over 512 tokens: x [512, 2048], W [6144, 2048]. PD1 and PD16 are that
-// projection in a decode step (M = 1 and 16 rows), which streams W from memory. FLOPS
+// D = 128 model over 512 tokens: x [512, 2048], W [6144, 2048]. PD1, PD16 and PD64 are that
+// projection in a decode step (M = 1, 16 and 64 rows), which streams W from memory. FLOPS
 // 2 M N K; the decode-step shapes also count bytes (W, x and y, once each) as GB/s, to set
 // against the read probe (shared/peers `limits bw 0.05`) at W's 50 MB.
 //

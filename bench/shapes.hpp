@@ -102,12 +102,16 @@ inline std::vector<MhaShape> mha_shapes() {
 }
 
 // PR1: the fused QKV projection of a 32-head, D = 128 model over 512 tokens.
-// PD1, PD16: the same projection in one decode step, for one sequence and for D2's batch
-// of 16. W (50 MB) outgrows the caches, so each call streams it from DRAM: at M = 1 and
-// 2 FLOP per 4-byte weight the product is bound by bandwidth; M = 16 does 8 FLOP per
-// byte, near one core's balance (Zen 4: 116 GFLOP/s against ~17 GB/s).
+// PD1, PD16, PD64: the same projection in one decode step, for one sequence, for D2's
+// batch of 16 and for a server's batch of 64. W (50 MB) outgrows the caches, so each call
+// streams it from DRAM: at M = 1 and 2 FLOP per 4-byte weight the product is bound by
+// bandwidth; M = 16 does 8 FLOP per byte, near one core's balance (Zen 4: 116 GFLOP/s
+// against ~17 GB/s), and M = 64 is bound by its arithmetic.
 inline std::vector<GemmShape> gemm_shapes() {
-  return {{"PR1", 512, 6144, 2048}, {"PD1", 1, 6144, 2048, true}, {"PD16", 16, 6144, 2048, true}};
+  return {{"PR1", 512, 6144, 2048},
+          {"PD1", 1, 6144, 2048, true},
+          {"PD16", 16, 6144, 2048, true},
+          {"PD64", 64, 6144, 2048, true}};
 }
 
 }  // namespace attend_bench
