@@ -1164,6 +1164,36 @@ TYPED_TEST(Attention, ResultsAreBitIdenticalForAnyThreadCount) {
   }
 }
 
+// With 16 or more (batch, kv head) pairs per thread, each pair is one task, run longest
+// keys first. 5 x 8 = 40 pairs: one task each with 2 threads, waves with 3; the key
+// lengths (one empty, one of a single key) reorder the pairs. The oracle agrees on every
+// path, and so do the bits of a serial call.
+TYPED_TEST(Attention, ManyPairsPerThreadRunAsOneTaskEach) {
+  using T = TypeParam;
+  Problem<T> p({5, 16, 8, 70, 70, 32, 24, Layout::bshd});
+  AttentionOptions opts;
+  opts.causal = true;
+  const std::vector<std::int32_t> lengths{33, 70, 0, 1, 65};
+  opts.key_lengths = lengths;
+  const attend::ThreadPool two(2);
+  check_every_path(p, opts, &two);
+  for (attend::Isa isa : attend::supported_isas()) {
+    SCOPED_TRACE(attend::name(isa));
+    attend::Context ctx;
+    ctx.isa = isa;
+    p.run(opts, ctx);
+    const std::vector<T> serial = p.o.storage;
+    for (int threads : {2, 3}) {
+      attend::ThreadPool pool(threads);
+      ctx.executor = &pool;
+      std::fill(p.o.storage.begin(), p.o.storage.end(), testing_support::canary<T>());
+      p.run(opts, ctx);
+      EXPECT_EQ(std::memcmp(serial.data(), p.o.storage.data(), serial.size() * sizeof(T)), 0)
+          << threads << " threads";
+    }
+  }
+}
+
 // Decode: a few queries per kv head read the keys unpacked. Every path, GQA, a window that
 // leaves tiles partly visible, padded lengths, sinks, and NaN in value rows no query sees.
 TYPED_TEST(Attention, EveryPathMatchesOnDecodeWithWindowAndHiddenNaNValues) {

@@ -572,6 +572,21 @@ struct PackedKeys {
   std::vector<unsigned char> finite_values;  // [panels]: 1 when the panel's value rows are finite
 };
 
+// The keys of (batch b, kv head g), packed into out.
+inline void pack_pair(TensorView<const float> k, TensorView<const float> v,
+                      const AttentionOptions& opts, index_t b, index_t g, PackedKeys& out) {
+  const index_t length = opts.key_lengths.empty() ? k.seq : opts.key_lengths[b];
+  const index_t panels = (length + kPanel - 1) / kPanel;
+  out.panels.resize(std::size_t(panels * kPanel * k.dim));
+  pack_keys(k.head(b, g), length, k.dim, out.panels.data());
+  out.finite_values.resize(std::size_t(panels));
+  const MatrixView<const float> vh = v.head(b, g);
+  for (index_t p = 0; p < panels; ++p) {
+    const index_t j0 = p * kPanel, n = std::min<index_t>(kPanel, length - j0);
+    out.finite_values[std::size_t(p)] = rows_finite(vh.block(j0, n, 0, v.dim), n, v.dim);
+  }
+}
+
 // Packs the keys of (batch, kv head) pairs first + t into out[t].
 struct PackTasks {
   TensorView<const float> k, v;
@@ -580,17 +595,7 @@ struct PackTasks {
   index_t first;
 
   void operator()(index_t t) const {
-    const index_t b = (first + t) / k.heads, g = (first + t) % k.heads;
-    const index_t length = opts->key_lengths.empty() ? k.seq : opts->key_lengths[b];
-    const index_t panels = (length + kPanel - 1) / kPanel;
-    out[t].panels.resize(std::size_t(panels * kPanel * k.dim));
-    pack_keys(k.head(b, g), length, k.dim, out[t].panels.data());
-    out[t].finite_values.resize(std::size_t(panels));
-    const MatrixView<const float> vh = v.head(b, g);
-    for (index_t p = 0; p < panels; ++p) {
-      const index_t j0 = p * kPanel, n = std::min<index_t>(kPanel, length - j0);
-      out[t].finite_values[std::size_t(p)] = rows_finite(vh.block(j0, n, 0, v.dim), n, v.dim);
-    }
+    pack_pair(k, v, *opts, (first + t) / k.heads, (first + t) % k.heads, out[t]);
   }
 };
 
@@ -668,5 +673,27 @@ struct FlashTasks {
     const index_t r0 = chunk * kTaskRows;
     flash_task(q, k, v, o, *opts, lse, packed[t / chunks], bg / k.heads, bg % k.heads, r0,
                std::min(q.seq, r0 + kTaskRows));
+  }
+};
+
+// With many (batch, kv head) pairs per thread, one task per pair: it packs the pair's keys
+// into its thread's buffer and runs all its rows, so a call has one barrier rather than
+// two per wave of pairs. `order` lists the pairs longest keys first, so that the last
+// tasks to run are the short ones. The buffer outlives the call, as gemm's packing
+// buffers do: one pair's packed keys per thread (Sk * Dk floats), kept for the next call
+// rather than faulted in again.
+struct PairTasks {
+  TensorView<const float> q, k, v;
+  TensorView<float> o;
+  const AttentionOptions* opts;
+  TensorView<float> lse;
+  const index_t* order;
+
+  void operator()(index_t t) const {
+    thread_local PackedKeys keys;
+    const index_t b = order[t] / k.heads, g = order[t] % k.heads;
+    pack_pair(k, v, *opts, b, g, keys);
+    for (index_t r0 = 0; r0 < q.seq; r0 += kTaskRows)
+      flash_task(q, k, v, o, *opts, lse, keys, b, g, r0, std::min(q.seq, r0 + kTaskRows));
   }
 };
