@@ -22,6 +22,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <functional>
+#include <initializer_list>
 #include <limits>
 #include <memory>
 #include <random>
@@ -1135,33 +1136,39 @@ TYPED_TEST(Attention, EveryPathKeepsHiddenNaNValuesOutOfLongCausalRows) {
   }
 }
 
-// Tasks never depend on the thread count: the same bits for a serial call and for thread
-// pools of 1, 2 and 3 threads, on every path. The 6 (batch, kv head) pairs are packed in
-// waves of two per thread: 3 waves serially, 4 + 2 pairs with 2 threads, one wave with 3.
-TYPED_TEST(Attention, ResultsAreBitIdenticalForAnyThreadCount) {
-  using T = TypeParam;
-  Problem<T> p({3, 4, 2, 250, 250, 64, 64, Layout::bshd});
-  AttentionOptions opts;
-  opts.causal = true;
+// On every path: the bits of a serial call, from thread pools of each of `threads`.
+template <class T>
+void expect_serial_bits(Problem<T>& p, const AttentionOptions& opts,
+                        std::initializer_list<int> threads) {
   for (attend::Isa isa : attend::supported_isas()) {
     SCOPED_TRACE(attend::name(isa));
     attend::Context ctx;
     ctx.isa = isa;
     p.run(opts, ctx);
     const std::vector<T> serial = p.o.storage, serial_probs = p.probs.storage;
-    for (int threads : {1, 2, 3}) {
-      attend::ThreadPool pool(threads);
+    for (int n : threads) {
+      attend::ThreadPool pool(n);
       ctx.executor = &pool;
       std::fill(p.o.storage.begin(), p.o.storage.end(), testing_support::canary<T>());
       p.run(opts, ctx);
       EXPECT_EQ(std::memcmp(serial.data(), p.o.storage.data(), serial.size() * sizeof(T)), 0)
-          << threads << " threads";
+          << n << " threads";
       EXPECT_EQ(
           std::memcmp(serial_probs.data(), p.probs.storage.data(), serial_probs.size() * sizeof(T)),
           0)
-          << threads << " threads: probs";
+          << n << " threads: probs";
     }
   }
+}
+
+// Tasks never depend on the thread count: the same bits for a serial call and for thread
+// pools of 1, 2 and 3 threads, on every path. The 6 (batch, kv head) pairs are packed in
+// waves of two per thread: 3 waves serially, 4 + 2 pairs with 2 threads, one wave with 3.
+TYPED_TEST(Attention, ResultsAreBitIdenticalForAnyThreadCount) {
+  Problem<TypeParam> p({3, 4, 2, 250, 250, 64, 64, Layout::bshd});
+  AttentionOptions opts;
+  opts.causal = true;
+  expect_serial_bits(p, opts, {1, 2, 3});
 }
 
 // With 16 or more (batch, kv head) pairs per thread, each pair is one task, run longest
@@ -1169,29 +1176,14 @@ TYPED_TEST(Attention, ResultsAreBitIdenticalForAnyThreadCount) {
 // lengths (one empty, one of a single key) reorder the pairs. The oracle agrees on every
 // path, and so do the bits of a serial call.
 TYPED_TEST(Attention, ManyPairsPerThreadRunAsOneTaskEach) {
-  using T = TypeParam;
-  Problem<T> p({5, 16, 8, 70, 70, 32, 24, Layout::bshd});
+  Problem<TypeParam> p({5, 16, 8, 70, 70, 32, 24, Layout::bshd});
   AttentionOptions opts;
   opts.causal = true;
   const std::vector<std::int32_t> lengths{33, 70, 0, 1, 65};
   opts.key_lengths = lengths;
   const attend::ThreadPool two(2);
   check_every_path(p, opts, &two);
-  for (attend::Isa isa : attend::supported_isas()) {
-    SCOPED_TRACE(attend::name(isa));
-    attend::Context ctx;
-    ctx.isa = isa;
-    p.run(opts, ctx);
-    const std::vector<T> serial = p.o.storage;
-    for (int threads : {2, 3}) {
-      attend::ThreadPool pool(threads);
-      ctx.executor = &pool;
-      std::fill(p.o.storage.begin(), p.o.storage.end(), testing_support::canary<T>());
-      p.run(opts, ctx);
-      EXPECT_EQ(std::memcmp(serial.data(), p.o.storage.data(), serial.size() * sizeof(T)), 0)
-          << threads << " threads";
-    }
-  }
+  expect_serial_bits(p, opts, {2, 3});
 }
 
 // Decode: a few queries per kv head read the keys unpacked. Every path, GQA, a window that
