@@ -273,7 +273,9 @@ inline index_t panel_width(index_t cols) {
 // group by column group, each line of the panel would come back from L2 8 times; 8 steps
 // at a time, the 64 rows read at once, kc floats apart, could share one set of L1.
 //
-// Each chunk asks for the rows' chunk kPackAhead steps on. The 64 rows are 64 streams,
+// Each chunk asks for the rows' chunk kPackAhead steps on, when rows are a page or more
+// apart (kPackStreamBytes; closer rows form one stream that the prefetchers follow, and
+// attention's per-head products find them in cache). The 64 rows are then 64 streams,
 // more than the hardware prefetchers follow, so without it every chunk waited on memory:
 // with few rows of a, packing is most of the time (Zen 4, scratch driver, AVX-512, one
 // thread, M x 6144 x 2048 with W from DRAM: packing took 49% of M = 32). Measured there,
@@ -281,11 +283,13 @@ inline index_t panel_width(index_t cols) {
 // 83-98); 32 to 128 steps ahead ran alike, 256 ~10% slower; asking for 4 or 8 chunks at a
 // time instead of one, 15-30% slower.
 constexpr index_t kPackAhead = 64;
+constexpr index_t kPackStreamBytes = 4096;
 inline void pack_b_transposed(const float* src, index_t ld, index_t cols, index_t kc, float* dst) {
   constexpr index_t chunk = 32;
   const index_t width = panel_width(cols), cols8 = cols / 8 * 8, kc8 = kc / 8 * 8;
+  const bool streams = ld * index_t(sizeof(float)) >= kPackStreamBytes;
   for (index_t p0 = 0; p0 < kc8; p0 += chunk) {
-    if (p0 + kPackAhead < kc)
+    if (streams && p0 + kPackAhead < kc)
       for (index_t j = 0; j < cols; ++j)
         prefetch_lines(src + j * ld + p0 + kPackAhead,
                        std::min(chunk, kc - p0 - kPackAhead) * index_t(sizeof(float)));
@@ -303,13 +307,15 @@ inline void pack_b_transposed(const float* src, index_t ld, index_t cols, index_
 // a page or more apart (a weight [K, N] of 1024 columns or more) each start a new page,
 // where the hardware prefetchers stop, so each row asks for the one kPackRowsAhead on
 // (Zen 4, AVX-512, one thread, M x 6144 x 2048 from DRAM, GFLOP/s: M = 8 22 -> 27, M = 32
-// 55 -> 60, M = 64 71 -> 81; 8 and 32 rows ahead alike).
+// 55 -> 60, M = 64 71 -> 81; 8 and 32 rows ahead alike). Closer rows (P V's value rows)
+// ask for nothing: asking cost `merge_values` on E1 (rows of 256 B, in cache) 5%.
 constexpr index_t kPackRowsAhead = 16;
 inline void pack_b_rows(const float* src, index_t ld, index_t cols, index_t kc, float* dst) {
   constexpr int L = Vec::lanes;
   const index_t width = panel_width(cols);
+  const bool streams = ld * index_t(sizeof(float)) >= kPackStreamBytes;
   for (index_t p = 0; p < kc; ++p) {
-    if (p + kPackRowsAhead < kc)
+    if (streams && p + kPackRowsAhead < kc)
       prefetch_lines(src + (p + kPackRowsAhead) * ld, cols * index_t(sizeof(float)));
     for (index_t j = 0; j < width; j += L) {
       const index_t n = std::min<index_t>(cols - j, L);
