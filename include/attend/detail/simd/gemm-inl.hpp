@@ -274,7 +274,7 @@ inline index_t panel_width(index_t cols) {
 // at a time, the 64 rows read at once, kc floats apart, could share one set of L1.
 //
 // Each chunk asks for the rows' chunk kPackAhead steps on, when rows are a page or more
-// apart (kPackStreamBytes; closer rows form one stream that the prefetchers follow, and
+// apart (kStreamRowBytes; closer rows form one stream that the prefetchers follow, and
 // attention's per-head products find them in cache). The 64 rows are then 64 streams,
 // more than the hardware prefetchers follow, so without it every chunk waited on memory:
 // with few rows of a, packing is most of the time (Zen 4, scratch driver, AVX-512, one
@@ -283,11 +283,10 @@ inline index_t panel_width(index_t cols) {
 // 83-98); 32 to 128 steps ahead ran alike, 256 ~10% slower; asking for 4 or 8 chunks at a
 // time instead of one, 15-30% slower.
 constexpr index_t kPackAhead = 64;
-constexpr index_t kPackStreamBytes = 4096;
 inline void pack_b_transposed(const float* src, index_t ld, index_t cols, index_t kc, float* dst) {
   constexpr index_t chunk = 32;
   const index_t width = panel_width(cols), cols8 = cols / 8 * 8, kc8 = kc / 8 * 8;
-  const bool streams = ld * index_t(sizeof(float)) >= kPackStreamBytes;
+  const bool streams = ld * index_t(sizeof(float)) >= kStreamRowBytes;
   for (index_t p0 = 0; p0 < kc8; p0 += chunk) {
     if (streams && p0 + kPackAhead < kc)
       for (index_t j = 0; j < cols; ++j)
@@ -308,12 +307,13 @@ inline void pack_b_transposed(const float* src, index_t ld, index_t cols, index_
 // where the hardware prefetchers stop, so each row asks for the one kPackRowsAhead on
 // (Zen 4, AVX-512, one thread, M x 6144 x 2048 from DRAM, GFLOP/s: M = 8 22 -> 27, M = 32
 // 55 -> 60, M = 64 71 -> 81; 8 and 32 rows ahead alike). Closer rows (P V's value rows)
-// ask for nothing: asking cost `merge_values` on E1 (rows of 256 B, in cache) 5%.
+// ask for nothing: asking cost `merge_values` on E1 (rows of 256 B, in cache) 5-12% with
+// AVX2.
 constexpr index_t kPackRowsAhead = 16;
 inline void pack_b_rows(const float* src, index_t ld, index_t cols, index_t kc, float* dst) {
   constexpr int L = Vec::lanes;
   const index_t width = panel_width(cols);
-  const bool streams = ld * index_t(sizeof(float)) >= kPackStreamBytes;
+  const bool streams = ld * index_t(sizeof(float)) >= kStreamRowBytes;
   for (index_t p = 0; p < kc; ++p) {
     if (streams && p + kPackRowsAhead < kc)
       prefetch_lines(src + (p + kPackRowsAhead) * ld, cols * index_t(sizeof(float)));
