@@ -298,7 +298,7 @@ TYPED_TEST_SUITE(Decoding, FloatingTypes, TypeNames);
 // Shapes and caches
 
 // Lengths around each block size (1, 3, 16: bs - 1, bs, bs + 1), none at all, and one
-// long sequence that the automatic split cuts into 512-key chunks, all in one call.
+// long sequence that the automatic split cuts into 256-key chunks, all in one call.
 TYPED_TEST(Decoding, RaggedLengthsInOneCallMatchTheOracle) {
   for (index_t sq : {1, 3}) {
     Shape s;
@@ -321,6 +321,23 @@ TYPED_TEST(Decoding, ForcedSplitsMatchTheOracle) {
     DecodeOptions opts = p.options();
     opts.split_keys = split;
     check_caches(p, opts, {3}, "split " + std::to_string(split));
+  }
+}
+
+// The kv heads of a sequence take turns a tile of keys at a time, and each turn asks for
+// the next turn's first rows: 5 kv heads (an odd count), sequences of 0 to 4 tiles, splits
+// that end inside a tile, on one, or hold whole sequences, and 6 rows per kv head (AVX2
+// packs them, AVX-512 reads keys directly).
+TYPED_TEST(Decoding, KvHeadsTakeTurnsThroughTilesAndSplits) {
+  Shape s;
+  s.q_heads = 15, s.kv_heads = 5, s.sq = 2, s.dk = 24, s.dv = 40;
+  s.lengths = {0, 1, 129, 300, 385};
+  s.layout = Layout::bshd;
+  Decode<TypeParam> p(s);
+  for (index_t split : {0, 100, 128, 512}) {
+    DecodeOptions opts = p.options();
+    opts.split_keys = split;
+    check_caches(p, opts, {1, 16}, "split " + std::to_string(split));
   }
 }
 

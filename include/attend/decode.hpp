@@ -18,8 +18,9 @@
 // (which must stay empty); the bias and mask have Sk = the cache's capacity columns.
 //
 // On SIMD paths the query heads sharing a kv head are computed together (each cache row
-// is read once per step), and long caches are split across tasks whose partial results
-// are merged by log-sum-exp (flash-decoding); see detail/simd/decode-inl.hpp. The split
+// is read once per step), the kv heads of a sequence take turns a tile at a time (a paged
+// block is read whole), and long caches are split across tasks whose partial results are
+// merged by log-sum-exp (flash-decoding); see detail/simd/decode-inl.hpp. The split
 // depends on the shapes and lengths only: results are bit-identical for any thread count.
 #pragma once
 
@@ -44,8 +45,9 @@ struct DecodeOptions : AttentionOptions {
 
   // [B] or empty: query batch b reads cache sequence sequences[b] (empty: sequence b).
   Span<const std::int32_t> sequences{};
-  // Keys per split-KV task; 0 chooses from the shapes (at least 512 keys, enough tasks for
-  // 64 threads). Results depend on it only through rounding.
+  // Keys per split-KV task (a task runs that many keys of every kv head of one query
+  // batch); 0 chooses from the shapes: about 64 tasks in all, at least 256 keys each.
+  // Results depend on it only through rounding.
   index_t split_keys = 0;
 };
 
