@@ -28,9 +28,9 @@
 // Decode streams the whole cache on every step, so how the engine allocates it shows. Rows
 // of 128 floats that start on 64-byte boundaries touch 8 cache lines each, not 9. A pool on
 // 2 MiB pages (aligned_alloc(2 << 20, ...) and madvise(MADV_HUGEPAGE) before the first
-// touch) spares the TLB misses of blocks scattered over it. On Zen 4, a 268 MB cache read
-// 10-15% faster that way, and a paged one of 32768 tokens in blocks of 16 went from 0.77-0.84
-// of the contiguous speed to 0.85-0.93 (bench/RESULTS.md). Larger blocks help the same way.
+// touch) spares the TLB misses of blocks scattered over it: on Zen 4, a 268 MB cache read
+// 10-15% faster that way (bench/RESULTS.md). Decode reads a paged block's kv heads back to
+// back (decode-inl.hpp), so blocks of 16 tokens of 8 kv heads already stream as 64 KiB runs.
 #pragma once
 
 #include "attend/detail/config.hpp"
