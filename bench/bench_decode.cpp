@@ -14,8 +14,12 @@
 // bound by reading them, so GB/s against the machine's read bandwidth at the same working
 // set (shared/peers `limits bw`) is the figure of merit; FLOPS = 4 Hq D per key.
 //
-// The paged cache holds the same logical tokens in blocks of 16 (vLLM's default) whose
-// order in the pool is shuffled, so consecutive blocks of a sequence are never adjacent.
+// Three caches hold the same logical tokens:
+//   Contiguous  k, v [B, Hkv, capacity, D]: each kv head's rows one run of memory.
+//   Paged       blocks of 16 tokens (vLLM's default), [blocks, Hkv, 16, D], whose order in
+//               the pool is shuffled, so consecutive blocks of a sequence are never adjacent.
+//   TokenMajor  k, v [B, capacity, Hkv, D]: a token's kv heads side by side, as a fused QKV
+//               projection writes them; one kv head's rows are Hkv * D floats apart.
 
 #include <attend/decode.hpp>
 #include <attend/kv_cache.hpp>
@@ -57,16 +61,26 @@ std::vector<DecodeShape> decode_shapes() {
 constexpr index_t kBlockSize = 16;
 
 // Both caches of one shape with the same logical contents, and the queries.
+enum class Cache { contiguous, paged, token_major };
+
 struct DecodeData {
-  std::vector<float> q, k, v;         // q [B, Hq, 1, D]; contiguous k, v [B, Hkv, cap, D]
-  std::vector<float> k_pool, v_pool;  // [blocks, Hkv, kBlockSize, D]
-  std::vector<std::int32_t> table;    // [B, cap / kBlockSize]
+  std::vector<float> q, k, v;             // q [B, Hq, 1, D]; contiguous k, v [B, Hkv, cap, D]
+  std::vector<float> k_pool, v_pool;      // [blocks, Hkv, kBlockSize, D]
+  std::vector<float> k_tokens, v_tokens;  // [B, cap, Hkv, D]
+  std::vector<std::int32_t> table;        // [B, cap / kBlockSize]
   std::vector<std::int32_t> lengths;
 
   attend::KvCache<const float> contiguous(const DecodeShape& s) const {
     return {attend::TensorView<const float>::bhsd(k.data(), s.batch, s.kv_heads, s.capacity,
                                                   s.head_dim),
             attend::TensorView<const float>::bhsd(v.data(), s.batch, s.kv_heads, s.capacity,
+                                                  s.head_dim),
+            lengths};
+  }
+  attend::KvCache<const float> token_major(const DecodeShape& s) const {
+    return {attend::TensorView<const float>::bshd(k_tokens.data(), s.batch, s.capacity, s.kv_heads,
+                                                  s.head_dim),
+            attend::TensorView<const float>::bshd(v_tokens.data(), s.batch, s.capacity, s.kv_heads,
                                                   s.head_dim),
             lengths};
   }
@@ -97,8 +111,10 @@ const DecodeData& decode_data(const DecodeShape& s) {
   std::shuffle(order.begin(), order.end(), std::mt19937(4));
   d.table = order;
   d.k_pool.resize(d.k.size()), d.v_pool.resize(d.v.size());
+  d.k_tokens.resize(d.k.size()), d.v_tokens.resize(d.v.size());
   const auto contiguous = d.contiguous(s);
   const auto paged = d.paged(s);
+  const auto tokens = d.token_major(s);
   const attend::detail::PagedRows<const float> rows{paged.k, paged.v, paged.block_table};
   for (index_t b = 0; b < s.batch; ++b)
     for (index_t g = 0; g < s.kv_heads; ++g)
@@ -106,6 +122,9 @@ const DecodeData& decode_data(const DecodeShape& s) {
         const index_t at = rows.k_row(b, g, j) - d.k_pool.data();
         std::copy_n(contiguous.k.row(b, g, j), row, d.k_pool.data() + at);
         std::copy_n(contiguous.v.row(b, g, j), row, d.v_pool.data() + at);
+        const index_t token = tokens.k.row(b, g, j) - d.k_tokens.data();
+        std::copy_n(contiguous.k.row(b, g, j), row, d.k_tokens.data() + token);
+        std::copy_n(contiguous.v.row(b, g, j), row, d.v_tokens.data() + token);
       }
   return d;
 }
@@ -118,25 +137,32 @@ attend::TensorView<const float> q_in(const DecodeShape& s, const DecodeData& d) 
   return attend::TensorView<const float>::bhsd(d.q.data(), s.batch, s.q_heads, 1, s.head_dim);
 }
 
-void run_decode(const DecodeShape& s, bool paged, float* o, const attend::Context& ctx) {
+void run_decode(const DecodeShape& s, Cache cache, float* o, const attend::Context& ctx) {
   const DecodeData& d = decode_data(s);
-  if (paged)
+  if (cache == Cache::paged)
     attend::decode_attention<float>(q_in(s, d), d.paged(s), out_view(s, o), {}, {}, ctx);
   else
-    attend::decode_attention<float>(q_in(s, d), d.contiguous(s), out_view(s, o), {}, {}, ctx);
+    attend::decode_attention<float>(q_in(s, d),
+                                    cache == Cache::contiguous ? d.contiguous(s) : d.token_major(s),
+                                    out_view(s, o), {}, {}, ctx);
+}
+
+const char* name(Cache cache) {
+  return cache == Cache::contiguous ? "Contiguous"
+                                    : (cache == Cache::paged ? "Paged" : "TokenMajor");
 }
 
 // attend on `path` against attend's portable path (the unfused composition) on one thread.
-Agreement check_decode(const DecodeShape& s, bool paged, const Target& path) {
+Agreement check_decode(const DecodeShape& s, Cache cache, const Target& path) {
   const std::vector<float>& theirs = baseline_output("Decode/" + s.name, [&] {
     std::vector<float> o(std::size_t(s.batch * s.q_heads * s.head_dim));
     attend::Context portable;
     portable.isa = attend::Isa::portable;
-    run_decode(s, false, o.data(), portable);
+    run_decode(s, Cache::contiguous, o.data(), portable);
     return o;
   });
   std::vector<float> ours(theirs.size());
-  run_decode(s, paged, ours.data(), path.context);
+  run_decode(s, cache, ours.data(), path.context);
   // A row's error: its logits' (dot products of D terms, magnitude <= D * 1 * 1 * scale)
   // move the probabilities, then a merge of up to `capacity` values of magnitude <= 1.
   const double logit_error =
@@ -146,11 +172,11 @@ Agreement check_decode(const DecodeShape& s, bool paged, const Target& path) {
   return compare(ours, theirs, tolerance);
 }
 
-void decode_attend(benchmark::State& state, const DecodeShape& s, bool paged, const Target& t) {
-  const std::string key = std::string(paged ? "DecodePaged/" : "Decode/") + s.name;
-  if (!validated(state, key, t, [&] { return check_decode(s, paged, t); })) return;
+void decode_attend(benchmark::State& state, const DecodeShape& s, Cache cache, const Target& t) {
+  const std::string key = std::string("Decode") + name(cache) + "/" + s.name;
+  if (!validated(state, key, t, [&] { return check_decode(s, cache, t); })) return;
   time_kernel(state, std::size_t(s.batch * s.q_heads * s.head_dim),
-              [&](float* o) { run_decode(s, paged, o, t.context); });
+              [&](float* o) { run_decode(s, cache, o, t.context); });
   report(state, t, s.flops(), s.bytes());
 }
 
@@ -160,10 +186,9 @@ void register_decode_benchmarks() {
   for (const DecodeShape& s : decode_shapes())
     for (const Target& t : attend_targets()) {
       if (t.context.isa == attend::Isa::portable) continue;  // the reference; minutes at DL
-      register_benchmark("Decode_Contiguous", s.name, t,
-                         [s, t](benchmark::State& st) { decode_attend(st, s, false, t); });
-      register_benchmark("Decode_Paged", s.name, t,
-                         [s, t](benchmark::State& st) { decode_attend(st, s, true, t); });
+      for (Cache c : {Cache::contiguous, Cache::paged, Cache::token_major})
+        register_benchmark(std::string("Decode_") + name(c), s.name, t,
+                           [s, t, c](benchmark::State& st) { decode_attend(st, s, c, t); });
     }
 }
 
