@@ -241,8 +241,8 @@ struct DecodeMerge {
 
 // Orders decode tasks by their keys, most first, so that the threads' last tasks are the
 // short ones (the last split of each sequence, short sequences, empty splits): a ragged
-// batch ends evenly. Within the noise on this file's 2-core measurements (DR, 2 threads);
-// it is the many-thread case that ends on one long task in batch order.
+// batch ends evenly. On 2 cores (DR, 2 threads) the order measured within the noise; it
+// is for many threads, where in batch order a call may end waiting on one long task.
 template <class Source>
 struct TasksWithMoreKeysFirst {
   const DecodeTasks<Source>* p;
