@@ -60,9 +60,9 @@ std::vector<DecodeShape> decode_shapes() {
 
 constexpr index_t kBlockSize = 16;
 
-// Both caches of one shape with the same logical contents, and the queries.
 enum class Cache { contiguous, paged, token_major };
 
+// The three caches of one shape with the same logical contents, and the queries.
 struct DecodeData {
   std::vector<float> q, k, v;             // q [B, Hq, 1, D]; contiguous k, v [B, Hkv, cap, D]
   std::vector<float> k_pool, v_pool;      // [blocks, Hkv, kBlockSize, D]
