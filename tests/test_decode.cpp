@@ -327,17 +327,20 @@ TYPED_TEST(Decoding, ForcedSplitsMatchTheOracle) {
 // The kv heads of a sequence take turns a tile of keys at a time, and each turn asks for
 // the next turn's first rows: 5 kv heads (an odd count), sequences of 0 to 4 tiles, splits
 // that end inside a tile, on one, or hold whole sequences, and 6 rows per kv head (AVX2
-// packs them, AVX-512 reads keys directly).
+// packs them, AVX-512 reads keys directly), with each kv head's tokens side by side (bhsd)
+// and each token's kv heads side by side (bshd).
 TYPED_TEST(Decoding, KvHeadsTakeTurnsThroughTilesAndSplits) {
-  Shape s;
-  s.q_heads = 15, s.kv_heads = 5, s.sq = 2, s.dk = 24, s.dv = 40;
-  s.lengths = {0, 1, 129, 300, 385};
-  s.layout = Layout::bshd;
-  Decode<TypeParam> p(s);
-  for (index_t split : {0, 100, 128, 512}) {
-    DecodeOptions opts = p.options();
-    opts.split_keys = split;
-    check_caches(p, opts, {1, 16}, "split " + std::to_string(split));
+  for (Layout layout : {Layout::bhsd, Layout::bshd}) {
+    Shape s;
+    s.q_heads = 15, s.kv_heads = 5, s.sq = 2, s.dk = 24, s.dv = 40;
+    s.lengths = {0, 1, 129, 300, 385};
+    s.layout = layout;
+    Decode<TypeParam> p(s);
+    for (index_t split : {0, 100, 128, 512}) {
+      DecodeOptions opts = p.options();
+      opts.split_keys = split;
+      check_caches(p, opts, {1, 16}, "split " + std::to_string(split));
+    }
   }
 }
 
