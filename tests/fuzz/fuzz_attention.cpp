@@ -67,7 +67,9 @@ struct Problem {
 // for 2 * min<T> in all; so the value rows of such keys must sum to at most 1 in
 // magnitude, and an infinite value must not meet one at all (inf * 0 is NaN). Nor when the
 // oracle's own error bound is infinite (softcap maps an infinite score to a finite logit
-// whose bound stays infinite): output_matches would make a tolerance of 0 * inf there.
+// whose bound stays infinite): output_matches would make a tolerance of 0 * inf there. Nor
+// when logits so large that T keeps none of their gaps leave T free to weigh alike keys
+// that long double tells apart (fuzz::weights_predictable).
 template <class T>
 bool representable(const Problem<T>& pb, double scale, const ref::Attention& r) {
   const ref::real limit = fuzz::finite_limit<T>(), log2e = 1.4426950408889634L;
@@ -82,13 +84,24 @@ bool representable(const Problem<T>& pb, double scale, const ref::Attention& r) 
         for (index_t d = 0; d < pb.Dv; ++d)
           v_max = std::max(v_max, fuzz::finite_abs(v.row(b, g, j)[d]));
   if (v_max * ref::real(pb.Sk + 1) >= limit) return false;
+  std::vector<bool> small(static_cast<std::size_t>(pb.Sk));  // keys of weight < tiny in a row
   for (index_t b = 0; b < pb.B; ++b)
     for (index_t h = 0; h < pb.Hq; ++h)
       for (index_t i = 0; i < pb.Sq; ++i) {
         if (!std::isfinite(r.slack(b, h, i, 0))) return false;
+        const auto visible = [&](index_t j) {
+          return ref::visible(pb.so.opts, b, h, i, j, pb.Sq, pb.Sk);
+        };
+        std::fill(small.begin(), small.end(), false);
+        const ref::real sink = pb.so.opts.sinks.empty()
+                                   ? -std::numeric_limits<ref::real>::infinity()
+                                   : pb.so.opts.sinks[h];
+        if (!fuzz::weights_predictable<T>(r.rows, b, h, i, sink, visible,
+                                          [&](index_t j) { small[std::size_t(j)] = true; }))
+          return false;
         ref::real underflowing = 0;  // sum of max_d |v_jd| over the keys of weight < tiny
         for (index_t j = 0; j < pb.Sk; ++j) {
-          if (!ref::visible(pb.so.opts, b, h, i, j, pb.Sq, pb.Sk)) continue;
+          if (!visible(j)) continue;
           ref::real dot = 0;
           for (index_t d = 0; d < pb.Dk; ++d)
             dot += fuzz::finite_abs(ref::real(q.row(b, h, i)[d]) * k.row(b, h / group, j)[d]);
@@ -96,7 +109,7 @@ bool representable(const Problem<T>& pb, double scale, const ref::Attention& r) 
           const T* vj = v.row(b, h / group, j);
           const ref::real p = r.rows.p(b, h, i, j);
           const ref::real rel = 2 * (2 * r.slack(b, h, i, 0) + ref::real(pb.Sk + 4)) * u;
-          if (!(p > 0 && p * (1 - rel) < tiny)) continue;
+          if (!(p > 0 && p * (1 - rel) < tiny) && !small[std::size_t(j)]) continue;
           ref::real row_max = 0;
           for (index_t d = 0; d < pb.Dv; ++d) {
             if (std::isinf(vj[d])) return false;

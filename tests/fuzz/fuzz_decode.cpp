@@ -278,7 +278,8 @@ struct Batch {
 
 // Can T follow the long double oracle on this batch? fuzz_attention.cpp's representable()
 // explains each condition (a finite intermediate that overflows T, a weight that may leave
-// T's range next to large values, an infinite bound); here over the L keys of one batch.
+// T's range next to large values, an infinite bound, logits too large for T to keep their
+// gaps); here over the L keys of one batch.
 template <class T>
 bool representable(const Batch& x, double scale, ref::real added) {
   const ref::real limit = fuzz::finite_limit<T>(), log2e = 1.4426950408889634L;
@@ -287,19 +288,27 @@ bool representable(const Batch& x, double scale, ref::real added) {
   ref::real v_max = 0;
   for (ref::real e : x.v.v) v_max = std::max(v_max, fuzz::finite_abs(e));
   if (v_max * ref::real(L + 1) >= limit) return false;
+  std::vector<bool> small(static_cast<std::size_t>(L));  // keys of weight < tiny in the row
   for (index_t h = 0; h < Hq; ++h)
     for (index_t i = 0; i < Sq; ++i) {
       const ref::real slack = x.r.slack(0, h, i, 0);
       if (!std::isfinite(slack)) return false;
+      const auto visible = [&](index_t j) { return ref::visible(x.opts, 0, h, i, j, Sq, L); };
+      std::fill(small.begin(), small.end(), false);
+      const ref::real sink =
+          x.opts.sinks.empty() ? -std::numeric_limits<ref::real>::infinity() : x.opts.sinks[h];
+      if (!fuzz::weights_predictable<T>(x.r.rows, 0, h, i, sink, visible,
+                                        [&](index_t j) { small[std::size_t(j)] = true; }))
+        return false;
       ref::real underflowing = 0;  // sum of max_d |v_jd| over the keys of weight < tiny
       for (index_t j = 0; j < L; ++j) {
-        if (!ref::visible(x.opts, 0, h, i, j, Sq, L)) continue;
+        if (!visible(j)) continue;
         ref::real dot = 0;
         for (index_t d = 0; d < Dk; ++d)
           dot += fuzz::finite_abs(x.q(0, h, i, d) * x.k(0, h / group, j, d));
         if (dot >= limit || (std::fabs(scale) * dot + added) * log2e >= limit) return false;
         const ref::real p = x.r.rows.p(0, h, i, j), rel = 2 * (2 * slack + ref::real(L + 4)) * u;
-        if (!(p > 0 && p * (1 - rel) < tiny)) continue;
+        if (!(p > 0 && p * (1 - rel) < tiny) && !small[std::size_t(j)]) continue;
         ref::real row_max = 0;
         for (index_t d = 0; d < Dv; ++d) {
           if (std::isinf(x.v(0, h / group, j, d))) return false;

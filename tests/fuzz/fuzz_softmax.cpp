@@ -38,8 +38,9 @@ bool representable(TensorBuffer<T>& s, const fuzz::ScoreOptionsCase& so) {
 // A visible key's weight can also underflow to 0 there (its logit far below the row's
 // largest) while T, whose logits carry an error bound 2 slack u above 1, legitimately
 // finds it comparable: huge logits (|s| near 1e30) leave T no digits for the gap. The
-// oracle cannot tell such a zero from a masked one, so those rows are not compared; every
-// other row is, one at a time.
+// oracle cannot tell such a zero from a masked one, so those rows are not compared; nor
+// are rows whose weights T may order otherwise (fuzz::weights_predictable). Every other row
+// is, one at a time.
 template <class T>
 void check_probs(const Case& c, TensorView<const T> p, const ref::Rows& r,
                  const attend::ScoreOptions& o) {
@@ -53,7 +54,12 @@ void check_probs(const Case& c, TensorView<const T> p, const ref::Rows& r,
           exact_zeros =
               exact_zeros && !(r.p(b, h, i, j) == 0 && ref::visible(o, b, h, i, j, Sq, Sk));
         if (!exact_zeros) continue;
-        ref::Rows row{ref::Tensor(1, 1, 1, Sk), ref::Tensor(1, 1, 1, 1), ref::Tensor(1, 1, 1, 1)};
+        const ref::real sink =
+            o.sinks.empty() ? -std::numeric_limits<ref::real>::infinity() : o.sinks[h];
+        const auto visible = [&](index_t j) { return ref::visible(o, b, h, i, j, Sq, Sk); };
+        if (!fuzz::weights_predictable<T>(r, b, h, i, sink, visible, [](index_t) {})) continue;
+        ref::Rows row{ref::Tensor(1, 1, 1, Sk), ref::Tensor(1, 1, 1, 1), ref::Tensor(1, 1, 1, 1),
+                      ref::Tensor{}};
         for (index_t j = 0; j < Sk; ++j) row.p(0, 0, 0, j) = r.p(b, h, i, j);
         row.lse(0, 0, 0, 0) = r.lse(b, h, i, 0), row.slack(0, 0, 0, 0) = r.slack(b, h, i, 0);
         const TensorView<const T> one{p.row(b, h, i), 1, 1, 1, Sk, 0, 0, Sk};

@@ -302,6 +302,44 @@ inline ref::real finite_abs(ref::real x) {
   return std::isfinite(x) ? std::fabs(x) : 0;
 }
 
+// Whether T's weights in row (b, h, i) of the oracle's softmax `r` follow the oracle's
+// within tolerance.hpp's bounds. Those bound each weight's relative error by a multiple of
+// the error of a logit difference, delta = 2 slack u: the linearisation of exp(delta) - 1,
+// good while delta stays under 1. Past that (logits near 1e30 leave T no digits for their
+// gaps), T may weigh alike any two entries within delta of each other that long double
+// tells apart, by any factor, even where long double's weight underflows to 0. Such a row
+// is predictable only when one entry (a key or the sink, of logit `sink`, -inf for none)
+// leads every other by more than delta + ln(1 / min<T>) + 1: T then weighs the others
+// under its smallest normal, as the oracle does, and `trailing(j)` is called for each such
+// key of finite logit (its value row must then be small: the bounds allow 2 min<T> in all).
+// A NaN or +inf entry decides the weights exactly in any precision.
+template <class T, class Visible, class Trailing>
+bool weights_predictable(const ref::Rows& r, index_t b, index_t h, index_t i, ref::real sink,
+                         Visible visible, Trailing trailing) {
+  const ref::real delta = 2 * r.slack(b, h, i, 0) * ref::unit_roundoff<T>();
+  if (!(delta > 1)) return true;
+  const index_t Sk = r.logit.d;
+  ref::real top = sink;
+  for (index_t j = 0; j < Sk; ++j) {
+    const ref::real l = r.logit(b, h, i, j);
+    if (!visible(j)) continue;
+    if (std::isnan(l) || l == std::numeric_limits<ref::real>::infinity()) return true;
+    top = std::max(top, l);
+  }
+  if (std::isnan(sink) || std::isinf(top)) return true;  // a +inf sink, or nothing finite
+  const ref::real lead = delta + std::log(1 / ref::real(std::numeric_limits<T>::min())) + 1;
+  int contenders = top - sink <= lead ? 1 : 0;
+  for (index_t j = 0; j < Sk; ++j) {
+    const ref::real l = r.logit(b, h, i, j);
+    if (!visible(j) || l == -std::numeric_limits<ref::real>::infinity()) continue;
+    if (top - l <= lead)
+      ++contenders;
+    else
+      trailing(j);
+  }
+  return contenders == 1;
+}
+
 // Marks [p, p + n) as unreadable under AddressSanitizer (a no-op without it), so that a
 // kernel reading memory it promised not to read crashes there; unpoison() undoes it.
 template <class T>

@@ -112,6 +112,7 @@ struct Rows {
   Tensor p;      // [B, H, Sq, Sk]
   Tensor lse;    // [B, H, Sq, 1]
   Tensor slack;  // [B, H, Sq, 1]: bound on any logit's rounding error in the row, over u
+  Tensor logit;  // [B, H, Sq, Sk]: the logits the weights come from; -inf where hidden
 };
 
 // `scores` are the scaled scores; `score_slack` (same shape, or empty) bounds the rounding
@@ -119,7 +120,7 @@ struct Rows {
 inline Rows softmax(const Tensor& scores, const Tensor& score_slack,
                     const attend::ScoreOptions& o) {
   const index_t B = scores.b, H = scores.h, Sq = scores.s, Sk = scores.d;
-  Rows r{Tensor(B, H, Sq, Sk), Tensor(B, H, Sq, 1), Tensor(B, H, Sq, 1)};
+  Rows r{Tensor(B, H, Sq, Sk), Tensor(B, H, Sq, 1), Tensor(B, H, Sq, 1), Tensor(B, H, Sq, Sk)};
   const real inf = std::numeric_limits<real>::infinity();
   std::vector<real> logit(static_cast<std::size_t>(Sk));
   std::vector<bool> seen(static_cast<std::size_t>(Sk));
@@ -173,6 +174,7 @@ inline Rows softmax(const Tensor& scores, const Tensor& score_slack,
               any_nan && seen[j] ? nan : (seen[j] && m != -inf ? weight(logit[j]) / z : 0);
         r.lse(b, h, i, 0) = any_nan ? nan : (m == -inf ? -inf : m + std::log(z));
         r.slack(b, h, i, 0) = slack;
+        for (index_t j = 0; j < Sk; ++j) r.logit(b, h, i, j) = seen[j] ? logit[j] : -inf;
       }
   return r;
 }
