@@ -21,131 +21,16 @@
 //   TokenMajor  k, v [B, capacity, Hkv, D]: a token's kv heads side by side, as a fused QKV
 //               projection writes them; one kv head's rows are Hkv * D floats apart.
 
-#include <attend/decode.hpp>
-#include <attend/kv_cache.hpp>
-
-#include <algorithm>
-#include <cstdint>
-#include <map>
-#include <numeric>
-#include <random>
+#include <cmath>
 #include <string>
 #include <vector>
 
+#include "decode_data.hpp"
 #include "harness.hpp"
 #include "tolerance.hpp"
 
 namespace attend_bench {
 namespace {
-
-struct DecodeShape {
-  std::string name;
-  index_t batch, q_heads, kv_heads, head_dim, capacity;
-  std::vector<std::int32_t> lengths;  // [batch]
-
-  double keys() const { return std::accumulate(lengths.begin(), lengths.end(), 0.0); }
-  double bytes() const { return 2.0 * kv_heads * head_dim * sizeof(float) * keys(); }
-  double flops() const { return 4.0 * q_heads * head_dim * keys(); }
-};
-
-std::vector<DecodeShape> decode_shapes() {
-  return {
-      {"D1", 1, 32, 8, 128, 4096, {4096}},
-      {"D2", 16, 32, 8, 128, 2048, std::vector<std::int32_t>(16, 2048)},
-      {"DL", 1, 32, 8, 128, 32768, {32768}},
-      {"DR", 8, 32, 8, 128, 4096, {4096, 1, 2048, 512, 3000, 17, 1024, 1500}},
-      {"DC", 1, 32, 8, 128, 256, {256}},
-  };
-}
-
-constexpr index_t kBlockSize = 16;
-
-enum class Cache { contiguous, paged, token_major };
-
-// The three caches of one shape with the same logical contents, and the queries.
-struct DecodeData {
-  std::vector<float> q, k, v;             // q [B, Hq, 1, D]; contiguous k, v [B, Hkv, cap, D]
-  std::vector<float> k_pool, v_pool;      // [blocks, Hkv, kBlockSize, D]
-  std::vector<float> k_tokens, v_tokens;  // [B, cap, Hkv, D]
-  std::vector<std::int32_t> table;        // [B, cap / kBlockSize]
-  std::vector<std::int32_t> lengths;
-
-  attend::KvCache<const float> contiguous(const DecodeShape& s) const {
-    return {attend::TensorView<const float>::bhsd(k.data(), s.batch, s.kv_heads, s.capacity,
-                                                  s.head_dim),
-            attend::TensorView<const float>::bhsd(v.data(), s.batch, s.kv_heads, s.capacity,
-                                                  s.head_dim),
-            lengths};
-  }
-  attend::KvCache<const float> token_major(const DecodeShape& s) const {
-    return {attend::TensorView<const float>::bshd(k_tokens.data(), s.batch, s.capacity, s.kv_heads,
-                                                  s.head_dim),
-            attend::TensorView<const float>::bshd(v_tokens.data(), s.batch, s.capacity, s.kv_heads,
-                                                  s.head_dim),
-            lengths};
-  }
-  attend::PagedKvCache<const float> paged(const DecodeShape& s) const {
-    const index_t blocks = index_t(k_pool.size()) / (s.kv_heads * kBlockSize * s.head_dim);
-    return {attend::TensorView<const float>::bhsd(k_pool.data(), blocks, s.kv_heads, kBlockSize,
-                                                  s.head_dim),
-            attend::TensorView<const float>::bhsd(v_pool.data(), blocks, s.kv_heads, kBlockSize,
-                                                  s.head_dim),
-            {table.data(), s.batch, s.capacity / kBlockSize},
-            lengths};
-  }
-};
-
-const DecodeData& decode_data(const DecodeShape& s) {
-  static std::map<std::string, DecodeData> all;
-  auto [it, fresh] = all.try_emplace(s.name);
-  DecodeData& d = it->second;
-  if (!fresh) return d;
-  const index_t row = s.head_dim, per_seq = s.kv_heads * s.capacity * row;
-  d.q = uniform(std::size_t(s.batch * s.q_heads * row), 1);
-  d.k = uniform(std::size_t(s.batch * per_seq), 2);
-  d.v = uniform(std::size_t(s.batch * per_seq), 3);
-  d.lengths = s.lengths;
-  const index_t per_table = s.capacity / kBlockSize, blocks = s.batch * per_table;
-  std::vector<std::int32_t> order(static_cast<std::size_t>(blocks));
-  std::iota(order.begin(), order.end(), 0);
-  std::shuffle(order.begin(), order.end(), std::mt19937(4));
-  d.table = order;
-  d.k_pool.resize(d.k.size()), d.v_pool.resize(d.v.size());
-  d.k_tokens.resize(d.k.size()), d.v_tokens.resize(d.v.size());
-  const auto contiguous = d.contiguous(s);
-  const auto paged = d.paged(s);
-  const auto tokens = d.token_major(s);
-  const attend::detail::PagedRows<const float> rows{paged.k, paged.v, paged.block_table};
-  for (index_t b = 0; b < s.batch; ++b)
-    for (index_t g = 0; g < s.kv_heads; ++g)
-      for (index_t j = 0; j < s.capacity; ++j) {
-        const index_t at = rows.k_row(b, g, j) - d.k_pool.data();
-        std::copy_n(contiguous.k.row(b, g, j), row, d.k_pool.data() + at);
-        std::copy_n(contiguous.v.row(b, g, j), row, d.v_pool.data() + at);
-        const index_t token = tokens.k.row(b, g, j) - d.k_tokens.data();
-        std::copy_n(contiguous.k.row(b, g, j), row, d.k_tokens.data() + token);
-        std::copy_n(contiguous.v.row(b, g, j), row, d.v_tokens.data() + token);
-      }
-  return d;
-}
-
-attend::TensorView<float> out_view(const DecodeShape& s, float* o) {
-  return attend::TensorView<float>::bhsd(o, s.batch, s.q_heads, 1, s.head_dim);
-}
-
-attend::TensorView<const float> q_in(const DecodeShape& s, const DecodeData& d) {
-  return attend::TensorView<const float>::bhsd(d.q.data(), s.batch, s.q_heads, 1, s.head_dim);
-}
-
-void run_decode(const DecodeShape& s, Cache cache, float* o, const attend::Context& ctx) {
-  const DecodeData& d = decode_data(s);
-  if (cache == Cache::paged)
-    attend::decode_attention<float>(q_in(s, d), d.paged(s), out_view(s, o), {}, {}, ctx);
-  else
-    attend::decode_attention<float>(q_in(s, d),
-                                    cache == Cache::contiguous ? d.contiguous(s) : d.token_major(s),
-                                    out_view(s, o), {}, {}, ctx);
-}
 
 const char* name(Cache cache) {
   return cache == Cache::contiguous ? "Contiguous"

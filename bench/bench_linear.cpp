@@ -17,6 +17,7 @@
 #include <map>
 #include <memory>
 
+#include "data.hpp"
 #include "eigen_baseline.hpp"
 #include "harness.hpp"
 #include "shapes.hpp"

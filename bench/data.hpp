@@ -5,6 +5,8 @@
 // the whole run (well under 1 GB for the shape table).
 #pragma once
 
+#include <cstddef>
+#include <cstdint>
 #include <vector>
 
 #include "attend/options.hpp"
@@ -12,6 +14,9 @@
 #include "shapes.hpp"
 
 namespace attend_bench {
+
+// n values uniform in (-scale, scale) from a fixed seed: every run sees the same data.
+std::vector<float> uniform(std::size_t n, std::uint32_t seed, float scale = 1);
 
 struct AttentionData {
   std::vector<float> q;       // [B, Hq, Sq, D]

@@ -5,7 +5,6 @@
 #include <cstdlib>
 #include <map>
 #include <memory>
-#include <random>
 #include <sstream>
 
 #include "attend/isa.hpp"
@@ -95,14 +94,6 @@ void report(benchmark::State& state, const Target& target, double flops, double 
     state.counters["GBps"] = benchmark::Counter(
         bytes, benchmark::Counter::kIsIterationInvariantRate, benchmark::Counter::OneK::kIs1000);
   }
-}
-
-std::vector<float> uniform(std::size_t n, std::uint32_t seed, float scale) {
-  std::mt19937 generator(seed);
-  std::uniform_real_distribution<float> distribution(-scale, scale);
-  std::vector<float> values(n);
-  for (float& x : values) x = distribution(generator);
-  return values;
 }
 
 Agreement compare(const std::vector<float>& a, const std::vector<float>& b, double tolerance) {

@@ -56,9 +56,6 @@ void time_kernel(benchmark::State& state, std::size_t out_elems,
 // print); all per iteration.
 void report(benchmark::State& state, const Target& target, double flops, double bytes);
 
-// n values uniform in (-scale, scale) from a fixed seed: every run sees the same data.
-std::vector<float> uniform(std::size_t n, std::uint32_t seed, float scale = 1);
-
 // attend against the baseline on the same inputs.
 struct Agreement {
   double max_abs_diff = 0;

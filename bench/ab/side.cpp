@@ -1,0 +1,87 @@
+// One side of bench/ab: a Runner for an ab::Case, built from the attend headers this copy
+// is compiled against. ab.sh compiles it twice, with -DAB_SIDE=ab_old or ab_new and
+// -Dattend_bench=<a name per side>, each against its revision's include/ (whose ABI
+// namespace it renamed), so neither copy's inline functions can stand in for the other's.
+#include <attend/attention.hpp>
+#include <attend/context.hpp>
+#include <attend/isa.hpp>
+
+#include <functional>
+#include <memory>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "ab.hpp"
+#include "data.hpp"
+#include "decode_data.hpp"
+
+namespace {
+
+using namespace attend_bench;
+
+attend::Isa isa_named(const std::string& name) {
+  for (const attend::Isa isa : attend::supported_isas())
+    if (name == attend::name(isa)) return isa;
+  throw std::invalid_argument("isa: " + name + " is not a path this CPU runs");
+}
+
+Cache cache_named(const std::string& name) {
+  if (name == "contiguous") return Cache::contiguous;
+  if (name == "paged") return Cache::paged;
+  if (name == "token_major") return Cache::token_major;
+  throw std::invalid_argument("cache: " + name + " is not contiguous, paged or token_major");
+}
+
+class Prepared : public ab::Runner {
+ public:
+  void run() override { call(); }
+  const std::vector<float>& output() const override { return o; }
+
+  std::unique_ptr<attend::ThreadPool> pool;
+  attend::Context ctx;
+  std::vector<float> o;
+  std::function<void()> call;
+};
+
+}  // namespace
+
+namespace AB_SIDE {
+
+std::unique_ptr<ab::Runner> make(const ab::Case& c) {
+  auto r = std::make_unique<Prepared>();
+  r->ctx.isa = isa_named(c.isa);
+  if (c.threads > 1) {
+    r->pool = std::make_unique<attend::ThreadPool>(c.threads);
+    r->ctx.executor = r->pool.get();
+  }
+  Prepared& p = *r;
+  if (c.kernel == "decode") {
+    for (const DecodeShape& s : decode_shapes()) {
+      if (s.name != c.shape) continue;
+      const Cache cache = cache_named(c.cache);
+      p.o.resize(std::size_t(s.batch * s.q_heads * s.head_dim));
+      p.call = [&p, s, cache] { run_decode(s, cache, p.o.data(), p.ctx); };
+      p.work = s.bytes(), p.unit = "GB/s";
+      return r;
+    }
+  } else if (c.kernel == "attention") {
+    const AttentionShape s = attention_shape(c.shape);
+    if (!s.name.empty() && !s.is_decode()) {
+      const AttentionData& in = attention_data(s);
+      p.o.resize(std::size_t(s.q_elems()));
+      p.call = [&p, s, &in] {
+        attend::attention<float>(q_view(s, in.q.data()), kv_view(s, in.k.data()),
+                                 kv_view(s, in.v.data()), q_view(s, p.o.data()),
+                                 attention_options(s), {}, p.ctx);
+      };
+      p.work = s.attention_flops(), p.unit = "GFLOP/s";
+      return r;
+    }
+  } else {
+    throw std::invalid_argument("kernel: " + c.kernel + " is not attention or decode");
+  }
+  throw std::invalid_argument("shape: " + c.shape + " is not a " + c.kernel + " shape");
+}
+
+}  // namespace AB_SIDE
