@@ -53,9 +53,9 @@ const DecodeData& decode_data(const DecodeShape& s) {
   d.table = order;
   d.k_pool.resize(d.k.size()), d.v_pool.resize(d.v.size());
   d.k_tokens.resize(d.k.size()), d.v_tokens.resize(d.v.size());
-  const auto contiguous = d.contiguous(s);
-  const auto paged = d.paged(s);
-  const auto tokens = d.token_major(s);
+  const auto contiguous = contiguous_cache(s, d);
+  const auto paged = paged_cache(s, d);
+  const auto tokens = token_major_cache(s, d);
   const attend::detail::PagedRows<const float> rows{paged.k, paged.v, paged.block_table};
   for (index_t b = 0; b < s.batch; ++b)
     for (index_t g = 0; g < s.kv_heads; ++g)

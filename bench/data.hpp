@@ -29,6 +29,11 @@ struct AttentionData {
 AttentionData& attention_data(const AttentionShape& shape);
 const std::vector<float>& score_data(const AttentionShape& shape);
 
+// What follows makes attend's types, so it lives in attend's ABI namespace
+// (detail/config.hpp), as attend does: bench/ab builds it against two revisions of attend
+// into one program, in which both read the same AttentionData.
+inline namespace ATTEND_ABI {
+
 // Dense BHSD views of buffers of `shape`.
 template <class T>
 attend::TensorView<T> q_view(const AttentionShape& s, T* data) {
@@ -51,5 +56,7 @@ inline attend::AttentionOptions attention_options(const AttentionShape& s) {
   opts.key_lengths = s.key_lengths;
   return opts;
 }
+
+}  // namespace ATTEND_ABI
 
 }  // namespace attend_bench

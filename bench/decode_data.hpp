@@ -47,40 +47,40 @@ struct DecodeData {
   std::vector<float> k_tokens, v_tokens;  // [B, cap, Hkv, D]
   std::vector<std::int32_t> table;        // [B, cap / kBlockSize]
   std::vector<std::int32_t> lengths;
-
-  attend::KvCache<const float> contiguous(const DecodeShape& s) const {
-    return {attend::TensorView<const float>::bhsd(k.data(), s.batch, s.kv_heads, s.capacity,
-                                                  s.head_dim),
-            attend::TensorView<const float>::bhsd(v.data(), s.batch, s.kv_heads, s.capacity,
-                                                  s.head_dim),
-            lengths};
-  }
-  attend::KvCache<const float> token_major(const DecodeShape& s) const {
-    return {attend::TensorView<const float>::bshd(k_tokens.data(), s.batch, s.capacity, s.kv_heads,
-                                                  s.head_dim),
-            attend::TensorView<const float>::bshd(v_tokens.data(), s.batch, s.capacity, s.kv_heads,
-                                                  s.head_dim),
-            lengths};
-  }
-  attend::PagedKvCache<const float> paged(const DecodeShape& s) const {
-    const index_t blocks = index_t(k_pool.size()) / (s.kv_heads * kBlockSize * s.head_dim);
-    return {attend::TensorView<const float>::bhsd(k_pool.data(), blocks, s.kv_heads, kBlockSize,
-                                                  s.head_dim),
-            attend::TensorView<const float>::bhsd(v_pool.data(), blocks, s.kv_heads, kBlockSize,
-                                                  s.head_dim),
-            {table.data(), s.batch, s.capacity / kBlockSize},
-            lengths};
-  }
 };
 
 // The caches of shape `s` (by name), created on first use and kept for the run.
 const DecodeData& decode_data(const DecodeShape& s);
 
+// What follows makes attend's types, so it lives in attend's ABI namespace
+// (detail/config.hpp), as attend does: bench/ab builds it against two revisions of attend
+// into one program, in which both read the same DecodeData.
+inline namespace ATTEND_ABI {
+
+// Each cache of `d` as attend sees it.
+inline attend::KvCache<const float> contiguous_cache(const DecodeShape& s, const DecodeData& d) {
+  using View = attend::TensorView<const float>;
+  return {View::bhsd(d.k.data(), s.batch, s.kv_heads, s.capacity, s.head_dim),
+          View::bhsd(d.v.data(), s.batch, s.kv_heads, s.capacity, s.head_dim), d.lengths};
+}
+inline attend::KvCache<const float> token_major_cache(const DecodeShape& s, const DecodeData& d) {
+  using View = attend::TensorView<const float>;
+  return {View::bshd(d.k_tokens.data(), s.batch, s.capacity, s.kv_heads, s.head_dim),
+          View::bshd(d.v_tokens.data(), s.batch, s.capacity, s.kv_heads, s.head_dim), d.lengths};
+}
+inline attend::PagedKvCache<const float> paged_cache(const DecodeShape& s, const DecodeData& d) {
+  using View = attend::TensorView<const float>;
+  const index_t blocks = index_t(d.k_pool.size()) / (s.kv_heads * kBlockSize * s.head_dim);
+  return {View::bhsd(d.k_pool.data(), blocks, s.kv_heads, kBlockSize, s.head_dim),
+          View::bhsd(d.v_pool.data(), blocks, s.kv_heads, kBlockSize, s.head_dim),
+          {d.table.data(), s.batch, s.capacity / kBlockSize},
+          d.lengths};
+}
+
 // Views of the output o [B, Hq, 1, D] and the queries q [B, Hq, 1, D].
 inline attend::TensorView<float> out_view(const DecodeShape& s, float* o) {
   return attend::TensorView<float>::bhsd(o, s.batch, s.q_heads, 1, s.head_dim);
 }
-
 inline attend::TensorView<const float> q_in(const DecodeShape& s, const DecodeData& d) {
   return attend::TensorView<const float>::bhsd(d.q.data(), s.batch, s.q_heads, 1, s.head_dim);
 }
@@ -89,11 +89,13 @@ inline attend::TensorView<const float> q_in(const DecodeShape& s, const DecodeDa
 inline void run_decode(const DecodeShape& s, Cache cache, float* o, const attend::Context& ctx) {
   const DecodeData& d = decode_data(s);
   if (cache == Cache::paged)
-    attend::decode_attention<float>(q_in(s, d), d.paged(s), out_view(s, o), {}, {}, ctx);
+    attend::decode_attention<float>(q_in(s, d), paged_cache(s, d), out_view(s, o), {}, {}, ctx);
   else
-    attend::decode_attention<float>(q_in(s, d),
-                                    cache == Cache::contiguous ? d.contiguous(s) : d.token_major(s),
-                                    out_view(s, o), {}, {}, ctx);
+    attend::decode_attention<float>(
+        q_in(s, d), cache == Cache::contiguous ? contiguous_cache(s, d) : token_major_cache(s, d),
+        out_view(s, o), {}, {}, ctx);
 }
+
+}  // namespace ATTEND_ABI
 
 }  // namespace attend_bench

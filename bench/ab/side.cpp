@@ -1,7 +1,7 @@
 // One side of bench/ab: a Runner for an ab::Case, built from the attend headers this copy
-// is compiled against. ab.sh compiles it twice, with -DAB_SIDE=ab_old or ab_new and
-// -Dattend_bench=<a name per side>, each against its revision's include/ (whose ABI
-// namespace it renamed), so neither copy's inline functions can stand in for the other's.
+// is compiled against. ab.sh compiles it twice, with -DAB_SIDE=ab_old or ab_new, each
+// against its revision's include/ with the ABI namespace renamed, so neither copy's inline
+// functions can stand in for the other's. The inputs (bench/data.cpp) are shared.
 #include <attend/attention.hpp>
 #include <attend/context.hpp>
 #include <attend/isa.hpp>
