@@ -1,15 +1,17 @@
 // attend::linear, y [M, N] = x [M, K] . W^T with W [N, K] in nn.Linear layout, against one
 // Eigen GEMM on the same row-major data. PR1 is the fused QKV projection of a 32-head,
 // D = 128 model over 512 tokens: x [512, 2048], W [6144, 2048]. PD1, PD16 and PD64 are that
-// projection in a decode step (M = 1, 16 and 64 rows), which streams W from memory. FLOPS
-// 2 M N K; the decode-step shapes also count bytes (W, x and y, once each) as GB/s, to set
-// against the read probe (shared/peers `limits bw 0.05`) at W's 50 MB.
+// projection in a decode step (M = 1, 16 and 64 rows), which streams W from memory.
+// GEMM4096 is the square 4096^3 product the peers also run. FLOPS 2 M N K; the decode-step
+// shapes also count bytes (W, x and y, once each) as GB/s, to set against the read probe
+// (shared/peers `limits bw 0.05`) at W's 50 MB.
 //
 // Two attend variants: Attend passes W as it is (linear() packs it on every call), Packed
 // passes an attend::PackedWeight made once per path before timing, as an engine holding
-// its weights would (the peers' "oneDNN pre-packed" figure). On the decode-step shapes a
-// third, InOut, passes the same weight stored transposed, W^T [K, N] (WeightLayout::in_out,
-// as GPT-2's Conv1D keeps it): the same product, checked against the same Eigen output.
+// its weights would (the peers' "oneDNN pre-packed" figure). A third, InOut, passes the
+// same weight stored transposed, W^T [K, N] (WeightLayout::in_out, as GPT-2's Conv1D keeps
+// it, and as the peers' sgemm and matmul read it): the same product, checked against the
+// same Eigen output.
 
 #include <attend/linear.hpp>
 #include <attend/packed.hpp>
@@ -147,10 +149,9 @@ void register_linear_benchmarks() {
       register_benchmark("Linear_Packed", g.name, t,
                          [g, t](benchmark::State& st) { linear_packed(st, g, t); });
     }
-    if (g.decode)
-      for (const Target& t : attend_targets())
-        register_benchmark("Linear_InOut", g.name, t,
-                           [g, t](benchmark::State& st) { linear_in_out(st, g, t); });
+    for (const Target& t : attend_targets())
+      register_benchmark("Linear_InOut", g.name, t,
+                         [g, t](benchmark::State& st) { linear_in_out(st, g, t); });
     const Target e = eigen_target();
     register_benchmark("Linear_Eigen", g.name, e,
                        [g, e](benchmark::State& st) { linear_eigen(st, g, e); });
