@@ -2,13 +2,15 @@
 """Bar charts of attend_bench results: throughput per shape, one bar per implementation.
 
     attend_bench --benchmark_out=run.json --benchmark_out_format=json [--benchmark_repetitions=3]
-    /usr/bin/python3 bench/plot.py run.json -o run.png [--peers openblas.log[:label] ...]
+    /usr/bin/python3 bench/plot.py run.json -o run.png [--peers openblas.log[:label] ...] \
+        [--threads 1]
 
 Reads Google Benchmark JSON (several files are compared side by side, each implementation
 suffixed with its file's name) and draws one panel per kernel and unit: GFLOP/s from the
 FLOPS counter, or GB/s from bytes_per_second for the memory-bound ones (softmax, decode).
-With repetitions, the median aggregate is plotted. --peers adds the `RESULT peer=...`
-lines printed by the programs of shared/peers: attention at their shapes, PR1 as Linear.
+With repetitions, the median aggregate is plotted; --threads keeps one thread count.
+--peers adds the `RESULT peer=...` lines printed by the programs of shared/peers:
+attention at their shapes, decode shapes (D1, D2) as Decode, PR1 and GEMM4096 as Linear.
 Needs matplotlib (Debian: python3-matplotlib, for /usr/bin/python3).
 """
 import argparse
@@ -30,7 +32,7 @@ NAME = re.compile(r"^BM_(?P<kernel>[A-Za-z0-9]+)_(?P<variant>[A-Za-z0-9]+)/(?P<s
                   r"/isa:(?P<isa>[^/]+)/threads:(?P<threads>\d+)")
 
 
-def load_benchmarks(path, suffix):
+def load_benchmarks(path, suffix, threads):
     """[(kernel, unit, shape, implementation, value)] from one benchmark JSON file."""
     with open(path) as f:
         runs = json.load(f)["benchmarks"]
@@ -44,7 +46,7 @@ def load_benchmarks(path, suffix):
         if not has_median and r.get("run_type", "iteration") != "iteration":
             continue
         m = NAME.match(r.get("run_name", r["name"]))
-        if not m:
+        if not m or (threads and m["threads"] != threads):
             continue
         impl = f"{m['variant']} ({m['isa']}, {m['threads']}t){suffix}"
         if "bytes_per_second" in r:
@@ -54,8 +56,9 @@ def load_benchmarks(path, suffix):
     return rows
 
 
-def load_peers(path, label):
-    """Rows from peer RESULT lines: attention shapes (GB/s for decode) and PR1 as Linear.
+def load_peers(path, label, threads):
+    """Rows from peer RESULT lines: attention shapes, decode shapes in GB/s as Decode (beside
+    attend's caches), and the GEMMs (PR1, GEMM4096) as Linear.
     The machine limits (PEAK, BW) are not implementations and are left out."""
     rows = []
     with open(path) as f:
@@ -64,14 +67,14 @@ def load_peers(path, label):
                 continue
             fields = dict(kv.split("=", 1) for kv in line.split()[1:] if "=" in kv)
             shape = fields["shape"].upper()
-            if shape in ("PEAK", "BW"):
+            if shape in ("PEAK", "BW") or (threads and fields.get("threads") != threads):
                 continue
             impl = f"peer {fields['peer']} ({fields.get('threads', '?')}t){label}"
             gbs = float(fields.get("gbs", 0))
-            if shape == "PR1":
+            if shape in ("PR1", "GEMM4096"):
                 rows.append(("Linear", "GFLOP/s", shape, impl, float(fields["gflops"])))
             elif gbs > 0:
-                rows.append(("Attention", "GB/s", shape, impl, gbs))
+                rows.append(("Decode", "GB/s", shape, impl, gbs))
             else:
                 rows.append(("Attention", "GFLOP/s", shape, impl, float(fields["gflops"])))
     return rows
@@ -109,14 +112,15 @@ def main():
     parser.add_argument("--peers", action="append", default=[], metavar="LOG[:LABEL]",
                         help="output of a shared/peers program (RESULT lines); repeatable, "
                         "LABEL tells apart runs of the same peer")
+    parser.add_argument("--threads", metavar="N", help="plot only the runs on N threads")
     args = parser.parse_args()
     rows = []
     for path in args.json:
         suffix = f" [{os.path.splitext(os.path.basename(path))[0]}]" if len(args.json) > 1 else ""
-        rows += load_benchmarks(path, suffix)
+        rows += load_benchmarks(path, suffix, args.threads)
     for spec in args.peers:
         path, _, label = spec.partition(":")
-        rows += load_peers(path, f" [{label}]" if label else "")
+        rows += load_peers(path, f" [{label}]" if label else "", args.threads)
     plot(rows, args.output)
 
 
