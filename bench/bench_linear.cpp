@@ -28,33 +28,6 @@
 namespace attend_bench {
 namespace {
 
-struct LinearData {
-  std::vector<float> x;  // [M, K]
-  std::vector<float> w;  // [N, K]
-};
-
-const LinearData& linear_data(const GemmShape& g) {
-  static std::map<std::string, std::unique_ptr<LinearData>> cache;
-  std::unique_ptr<LinearData>& data = cache[g.name];
-  if (!data)
-    data.reset(new LinearData{uniform(std::size_t(g.m * g.k), 2468),
-                              uniform(std::size_t(g.n * g.k), 1357)});
-  return *data;
-}
-
-// The shape's W stored transposed, W^T [K, N], made once and kept for the run.
-const std::vector<float>& in_out_weight(const GemmShape& g) {
-  static std::map<std::string, std::vector<float>> cache;
-  std::vector<float>& w_t = cache[g.name];
-  if (w_t.empty()) {
-    const std::vector<float>& w = linear_data(g).w;
-    w_t.resize(w.size());
-    for (index_t n = 0; n < g.n; ++n)
-      for (index_t k = 0; k < g.k; ++k) w_t[std::size_t(k * g.n + n)] = w[std::size_t(n * g.k + k)];
-  }
-  return w_t;
-}
-
 void attend_linear_in_out(const GemmShape& g, const LinearData& in, float* y,
                           const attend::Context& ctx) {
   attend::linear<float>(attend::MatrixView<const float>(in.x.data(), g.m, g.k),

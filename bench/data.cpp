@@ -36,6 +36,32 @@ const std::vector<float>& score_data(const AttentionShape& shape) {
   return data.scores;
 }
 
+namespace {
+LinearData& mutable_linear_data(const GemmShape& g) {
+  static std::map<std::string, std::unique_ptr<LinearData>> cache;
+  std::unique_ptr<LinearData>& data = cache[g.name];
+  if (!data)
+    data.reset(new LinearData{
+        uniform(std::size_t(g.m * g.k), 2468), uniform(std::size_t(g.n * g.k), 1357), {}});
+  return *data;
+}
+}  // namespace
+
+const LinearData& linear_data(const GemmShape& g) {
+  return mutable_linear_data(g);
+}
+
+const std::vector<float>& in_out_weight(const GemmShape& g) {
+  LinearData& data = mutable_linear_data(g);
+  if (data.w_t.empty()) {
+    data.w_t.resize(data.w.size());
+    for (index_t n = 0; n < g.n; ++n)
+      for (index_t k = 0; k < g.k; ++k)
+        data.w_t[std::size_t(k * g.n + n)] = data.w[std::size_t(n * g.k + k)];
+  }
+  return data.w_t;
+}
+
 const DecodeData& decode_data(const DecodeShape& s) {
   static std::map<std::string, DecodeData> all;
   auto [it, fresh] = all.try_emplace(s.name);

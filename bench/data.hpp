@@ -29,6 +29,17 @@ struct AttentionData {
 AttentionData& attention_data(const AttentionShape& shape);
 const std::vector<float>& score_data(const AttentionShape& shape);
 
+struct LinearData {
+  std::vector<float> x;    // [M, K]
+  std::vector<float> w;    // [N, K], nn.Linear layout
+  std::vector<float> w_t;  // [K, N], the same weight transposed; filled on first use
+};
+
+// The inputs of `shape` (by name), created on first use; in_out_weight(shape) fills and
+// returns its w_t.
+const LinearData& linear_data(const GemmShape& shape);
+const std::vector<float>& in_out_weight(const GemmShape& shape);
+
 // What follows makes attend's types, so it lives in attend's ABI namespace
 // (detail/config.hpp), as attend does: bench/ab builds it against two revisions of attend
 // into one program, in which both read the same AttentionData.

@@ -14,11 +14,16 @@ namespace ab {
 
 // What to time: a kernel on a benchmark shape (bench/shapes.hpp, bench/decode_data.hpp).
 struct Case {
-  std::string kernel;  // "attention" (P1, P2, E1) or "decode" (D1, D2, DL, DR, DC)
+  // "attention" (P1, P2, E1), "decode" (D1, D2, DL, DR, DC) or "linear" (PR1, GEMM4096,
+  // PD1, PD16, PD64)
+  std::string kernel;
   std::string shape;
   std::string isa = "avx512";        // a path this CPU runs: avx512, avx2, portable
   int threads = 1;                   // 1: the calling thread; more: an attend::ThreadPool
   std::string cache = "contiguous";  // decode: contiguous, paged or token_major
+  // linear: W as it is ([N, K], packed by each call), in_out (stored [K, N]) or packed (an
+  // attend::PackedWeight made before timing)
+  std::string weight = "as_is";
 };
 
 // One prepared call: inputs made and output allocated, so run() is the call alone.
@@ -28,7 +33,7 @@ class Runner {
   virtual void run() = 0;
   virtual const std::vector<float>& output() const = 0;
 
-  double work = 0;        // per call: FLOP for attention, bytes of K and V for decode
+  double work = 0;        // per call: FLOP for attention and linear, bytes of K and V for decode
   const char* unit = "";  // the rate work gives: "GFLOP/s" or "GB/s" (10^9)
 };
 

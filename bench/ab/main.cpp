@@ -2,10 +2,12 @@
 // new, new then old on the next pair, so neither side always runs on the other's warm
 // caches), and prints each side's median rate and the median of the per-pair ratios.
 //
-//   build/ab/ab KERNEL SHAPE [isa=avx512] [threads=1] [cache=NAME | cache=OLD,NEW] [calls=30]
+//   build/ab/ab KERNEL SHAPE [isa=avx512] [threads=1] [cache=NAME | cache=OLD,NEW]
+//               [weight=NAME | weight=OLD,NEW] [calls=30]
 //
 // cache=OLD,NEW gives the sides different caches (decode), e.g. one revision against
-// itself with cache=contiguous,token_major. Three calls per side warm up untimed.
+// itself with cache=contiguous,token_major; weight=OLD,NEW different weights (linear), e.g.
+// weight=as_is,packed. Three calls per side warm up untimed.
 #include <algorithm>
 #include <chrono>
 #include <cmath>
@@ -36,10 +38,18 @@ double seconds(ab::Runner& r) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
 }
 
+// "OLD,NEW" in `old_value` becomes OLD there and NEW in `new_value`.
+void split_pair(std::string& old_value, std::string& new_value) {
+  const std::size_t comma = old_value.find(',');
+  if (comma == std::string::npos) return;
+  new_value = old_value.substr(comma + 1);
+  old_value = old_value.substr(0, comma);
+}
+
 int usage(const char* what) {
   std::fprintf(stderr,
                "ab: %s\nusage: ab KERNEL SHAPE [isa=avx512] [threads=1] "
-               "[cache=NAME | cache=OLD,NEW] [calls=30]\n",
+               "[cache=NAME | cache=OLD,NEW] [weight=NAME | weight=OLD,NEW] [calls=30]\n",
                what);
   return 2;
 }
@@ -63,16 +73,15 @@ int main(int argc, char** argv) {
       calls = std::stoi(value);
     else if (key == "cache")
       old_case.cache = value;
+    else if (key == "weight")
+      old_case.weight = value;
     else
       return usage(("unknown argument: " + key).c_str());
   }
   if (calls < 1 || old_case.threads < 1) return usage("calls and threads must be at least 1");
   ab::Case new_case = old_case;
-  const std::size_t comma = old_case.cache.find(',');
-  if (comma != std::string::npos) {
-    new_case.cache = old_case.cache.substr(comma + 1);
-    old_case.cache = old_case.cache.substr(0, comma);
-  }
+  split_pair(old_case.cache, new_case.cache);
+  split_pair(old_case.weight, new_case.weight);
 
   std::unique_ptr<ab::Runner> sides[2];
   try {
@@ -95,9 +104,10 @@ int main(int argc, char** argv) {
     ratio.push_back(t[0] / t[1]);
   }
 
-  std::printf("%s %s isa=%s threads=%d cache=%s,%s: %d calls a side, alternating\n",
+  std::printf("%s %s isa=%s threads=%d cache=%s,%s weight=%s,%s: %d calls a side, alternating\n",
               old_case.kernel.c_str(), old_case.shape.c_str(), old_case.isa.c_str(),
-              old_case.threads, old_case.cache.c_str(), new_case.cache.c_str(), calls);
+              old_case.threads, old_case.cache.c_str(), new_case.cache.c_str(),
+              old_case.weight.c_str(), new_case.weight.c_str(), calls);
   const char* names[2] = {"old", "new"};
   for (int s = 0; s < 2; ++s) {
     const Spread r = spread(rate[s]);

@@ -5,6 +5,8 @@
 #include <attend/attention.hpp>
 #include <attend/context.hpp>
 #include <attend/isa.hpp>
+#include <attend/linear.hpp>
+#include <attend/packed.hpp>
 
 #include <functional>
 #include <memory>
@@ -39,6 +41,7 @@ class Prepared : public ab::Runner {
   const std::vector<float>& output() const override { return o; }
 
   std::unique_ptr<attend::ThreadPool> pool;
+  std::unique_ptr<attend::PackedWeight> packed;
   attend::Context ctx;
   std::vector<float> o;
   std::function<void()> call;
@@ -78,8 +81,37 @@ std::unique_ptr<ab::Runner> make(const ab::Case& c) {
       p.work = s.attention_flops(), p.unit = "GFLOP/s";
       return r;
     }
+  } else if (c.kernel == "linear") {
+    for (const GemmShape& g : gemm_shapes()) {
+      if (g.name != c.shape) continue;
+      const LinearData& in = linear_data(g);
+      using Matrix = attend::MatrixView<const float>;
+      const Matrix x(in.x.data(), g.m, g.k), w(in.w.data(), g.n, g.k);
+      const attend::MatrixView<float> y = [&p, g] {
+        p.o.resize(std::size_t(g.m * g.n));
+        return attend::MatrixView<float>(p.o.data(), g.m, g.n);
+      }();
+      if (c.weight == "as_is") {
+        p.call = [&p, x, w, y] {
+          attend::linear<float>(x, w, {}, y, attend::WeightLayout::out_in, p.ctx);
+        };
+      } else if (c.weight == "in_out") {
+        const Matrix w_t(in_out_weight(g).data(), g.k, g.n);
+        p.call = [&p, x, w_t, y] {
+          attend::linear<float>(x, w_t, {}, y, attend::WeightLayout::in_out, p.ctx);
+        };
+      } else if (c.weight == "packed") {
+        p.packed =
+            std::make_unique<attend::PackedWeight>(w, attend::WeightLayout::out_in, p.ctx.isa);
+        p.call = [&p, x, y] { attend::linear(x, *p.packed, {}, y, p.ctx); };
+      } else {
+        throw std::invalid_argument("weight: " + c.weight + " is not as_is, in_out or packed");
+      }
+      p.work = g.flops(), p.unit = "GFLOP/s";
+      return r;
+    }
   } else {
-    throw std::invalid_argument("kernel: " + c.kernel + " is not attention or decode");
+    throw std::invalid_argument("kernel: " + c.kernel + " is not attention, decode or linear");
   }
   throw std::invalid_argument("shape: " + c.shape + " is not a " + c.kernel + " shape");
 }
