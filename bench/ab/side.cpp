@@ -87,10 +87,8 @@ std::unique_ptr<ab::Runner> make(const ab::Case& c) {
       const LinearData& in = linear_data(g);
       using Matrix = attend::MatrixView<const float>;
       const Matrix x(in.x.data(), g.m, g.k), w(in.w.data(), g.n, g.k);
-      const attend::MatrixView<float> y = [&p, g] {
-        p.o.resize(std::size_t(g.m * g.n));
-        return attend::MatrixView<float>(p.o.data(), g.m, g.n);
-      }();
+      p.o.resize(std::size_t(g.m * g.n));
+      const attend::MatrixView<float> y(p.o.data(), g.m, g.n);
       if (c.weight == "as_is") {
         p.call = [&p, x, w, y] {
           attend::linear<float>(x, w, {}, y, attend::WeightLayout::out_in, p.ctx);
